@@ -1,0 +1,30 @@
+"""Command line shared by every recipe's launch script:
+
+    ./run.sh <recipe> [--nodes N] [--out DIR] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+
+@dataclass
+class Args:
+    nodes: int
+    out: str | None
+    overrides: list[str]
+
+
+def parse_args(recipe: str, argv: list[str] | None = None) -> Args:
+    p = argparse.ArgumentParser(
+        prog=f"./run.sh {recipe}",
+        description=f"Online DPO, recipe '{recipe}'. Overrides are dotted config keys, e.g. training.train_iters=5.",
+    )
+    p.add_argument("--nodes", type=int, default=1, help="Ray nodes the run spans (>1 joins the running cluster)")
+    p.add_argument("--out", default=None, help="run folder (default: a new folder under runs/)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    ns = p.parse_args(argv)
+    if ns.nodes < 1:
+        p.error("--nodes must be >= 1")
+    return Args(nodes=ns.nodes, out=ns.out, overrides=ns.overrides)

@@ -1,0 +1,418 @@
+"""Typed, strict recipe configuration.
+
+A recipe's frozen ``config.yaml`` plus command-line ``key=value`` overrides are merged onto the
+schema below. Sections follow the original system (``training``, ``actor_rollout_ref.actor_rollout``,
+``actor_rollout_ref.ref``, ``reward``, ``algorithm``, ``resource_pool``) plus ``model`` (the Llama-3
+architecture used when a role starts from random weights).
+
+Three rules, all enforced here, before any model is built:
+- an unknown key is an error that names the key and the nearest valid keys;
+- a role section overrides ``training`` for the keys they share (``None`` in a role = inherit);
+  the resolved values are written back, so ``config.yaml`` in the run folder is fully explicit;
+- every cross-field constraint (devices vs TP x PP x DP, batch divisibility, lengths, sampling
+  ranges) is checked with a message that says how to fix it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+# --------------------------------------------------------------------------------------- schema
+
+
+@dataclass
+class ModelConfig:
+    """Llama-3 architecture (field names match ``common.model.LlamaArch``)."""
+
+    num_layers: int = 2
+    hidden_size: int = 64
+    ffn_hidden_size: int = 256
+    num_attention_heads: int = 4
+    num_query_groups: int = 2
+    vocab_size: int = 128256
+    max_position_embeddings: int = 8192
+    rope_theta: float = 500000.0
+    rope_scaling_factor: Optional[float] = None
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_position_embeddings: int = 8192
+    rms_norm_eps: float = 1e-5
+    tie_word_embeddings: bool = False
+    init_method_std: float = 0.02
+
+
+@dataclass
+class TrainingConfig:
+    train_iters: int = 10
+    global_batch_size: int = 8  # prompts per iteration
+    seq_length: int = 512  # prompt + response tokens
+    seed: int = 1234
+    tokenizer_name_or_path: str = "assets/llama3_tokenizer"
+    device: str = "auto"  # auto | cpu | cuda | npu
+    dtype: str = "fp32"  # fp32 | bf16 | fp16 (CPU: fp32 only)
+    micro_batch_size: int = 4  # prompts (pairs) per forward/backward, per data-parallel rank
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+
+
+@dataclass
+class ActorRolloutConfig:
+    load: Optional[str] = None  # None: random init from `model` and training.seed
+    data_path: str = "data/prompts/tiny_prompts.jsonl"
+    max_prompt_length: int = 256
+    n_samples_per_prompt: int = 2  # >2: best vs worst
+    temperature: float = 0.7
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1.0 = off
+    missing_eos_penalty: Optional[float] = None
+    no_shuffle: bool = True
+    # optimizer (Megatron Adam, decoupled weight decay)
+    lr: float = 1e-7
+    min_lr: float = 0.0
+    lr_decay_style: str = "constant"  # constant | linear | cosine
+    lr_warmup_fraction: float = 0.0
+    weight_decay: float = 0.0
+    clip_grad: float = 0.0  # 0 = no clipping
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    # optimizer steps per iteration = ppo_epochs * global_batch_size / ppo_mini_batch_size
+    ppo_epochs: int = 1
+    ppo_mini_batch_size: Optional[int] = None  # None: global_batch_size
+    # role overrides of `training` (None = inherit)
+    micro_batch_size: Optional[int] = None
+    tensor_model_parallel_size: Optional[int] = None
+    pipeline_model_parallel_size: Optional[int] = None
+
+
+@dataclass
+class RefConfig:
+    load: Optional[str] = None  # None: same weights as the actor's start
+    micro_batch_size: Optional[int] = None
+    tensor_model_parallel_size: Optional[int] = None
+    pipeline_model_parallel_size: Optional[int] = None
+
+
+@dataclass
+class ActorRolloutRefConfig:
+    actor_rollout: ActorRolloutConfig = field(default_factory=ActorRolloutConfig)
+    ref: RefConfig = field(default_factory=RefConfig)
+
+
+@dataclass
+class RewardConfig:
+    load: Optional[str] = None  # None (and no function): random-init reward model, seed training.seed+1
+    function: Optional[str] = None  # "module:callable"; when set no reward model is built
+    score_position: str = "eos"  # eos | before_eos
+    model: Optional[ModelConfig] = None  # architecture of a random-init reward model; None = `model`
+    micro_batch_size: Optional[int] = None
+    tensor_model_parallel_size: Optional[int] = None
+    pipeline_model_parallel_size: Optional[int] = None
+
+
+@dataclass
+class AlgorithmConfig:
+    beta: float = 0.1
+    loss_type: str = "sigmoid"  # sigmoid | ipo
+
+
+@dataclass
+class ResourcePoolConfig:
+    """Devices (ranks on CPU) per role; each role is its own placement group and world."""
+
+    actor_rollout: int = 1
+    ref: int = 1
+    reward: int = 1
+
+
+@dataclass
+class RecipeConfig:
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    actor_rollout_ref: ActorRolloutRefConfig = field(default_factory=ActorRolloutRefConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    resource_pool: ResourcePoolConfig = field(default_factory=ResourcePoolConfig)
+
+
+ROLES = ("actor_rollout", "ref", "reward")
+INHERITED_KEYS = ("micro_batch_size", "tensor_model_parallel_size", "pipeline_model_parallel_size")
+CHOICES = {
+    "training.device": ("auto", "cpu", "cuda", "npu"),
+    "training.dtype": ("fp32", "bf16", "fp16"),
+    "actor_rollout_ref.actor_rollout.lr_decay_style": ("constant", "linear", "cosine"),
+    "reward.score_position": ("eos", "before_eos"),
+    "algorithm.loss_type": ("sigmoid", "ipo"),
+}
+
+# ------------------------------------------------------------------------------ strict loading
+
+
+def _schema_keys(cls: type, prefix: str = "") -> list[str]:
+    """All dotted leaf and section keys of a dataclass schema."""
+    keys = []
+    for f in fields(cls):
+        path = f"{prefix}{f.name}"
+        keys.append(path)
+        inner = f.type if isinstance(f.type, type) else _SECTION_TYPES.get(f.name)
+        if inner is not None and is_dataclass(inner):
+            keys.extend(_schema_keys(inner, path + "."))
+    return keys
+
+
+# `from __future__ import annotations` makes field types strings; map section names to classes.
+_SECTION_TYPES: dict[str, type] = {
+    "training": TrainingConfig,
+    "model": ModelConfig,
+    "actor_rollout_ref": ActorRolloutRefConfig,
+    "actor_rollout": ActorRolloutConfig,
+    "ref": RefConfig,
+    "reward": RewardConfig,
+    "algorithm": AlgorithmConfig,
+    "resource_pool": ResourcePoolConfig,
+}
+VALID_KEYS = _schema_keys(RecipeConfig)
+
+
+def _user_keys(node: Any, prefix: str = "") -> list[str]:
+    if not isinstance(node, (dict, DictConfig)):
+        return []
+    keys = []
+    for k, v in node.items():
+        path = f"{prefix}{k}"
+        keys.append(path)
+        keys.extend(_user_keys(v, path + "."))
+    return keys
+
+
+def check_known_keys(node: Any, source: str) -> None:
+    """Raise naming every unknown key of ``node`` and the nearest valid keys."""
+    valid = set(VALID_KEYS)
+    for key in _user_keys(node):
+        if key in valid:
+            continue
+        near = difflib.get_close_matches(key, VALID_KEYS, n=3, cutoff=0.5)
+        leaf = key.rsplit(".", 1)[-1]
+        near += [k for k in VALID_KEYS if k.rsplit(".", 1)[-1] == leaf and k not in near]
+        hint = f"nearest valid keys: {', '.join(near[:4])}" if near else "see common/config.py"
+        raise ValueError(f"config key '{key}' (from {source}): unknown key; {hint}")
+
+
+def load_config(recipe_yaml: str | Path, overrides: list[str] = ()) -> DictConfig:
+    """Load a recipe's frozen config, apply dotlist overrides, resolve roles, validate."""
+    recipe_yaml = Path(recipe_yaml)
+    if not recipe_yaml.is_file():
+        raise ValueError(f"recipe config {recipe_yaml}: file not found; pass a recipe folder under recipes/")
+    user = OmegaConf.load(recipe_yaml)
+    check_known_keys(user, str(recipe_yaml))
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override '{item}': not key=value; write e.g. training.train_iters=5")
+    dot = OmegaConf.from_dotlist(list(overrides))
+    check_known_keys(dot, "command line")
+    cfg = OmegaConf.merge(OmegaConf.structured(RecipeConfig), user, dot)
+    _resolve_roles(cfg)
+    _resolve_paths(cfg)
+    validate(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def _resolve_roles(cfg: DictConfig) -> None:
+    """Fill role keys left at None from `training` (a role section overrides `training`)."""
+    sections = {
+        "actor_rollout": cfg.actor_rollout_ref.actor_rollout,
+        "ref": cfg.actor_rollout_ref.ref,
+        "reward": cfg.reward,
+    }
+    for section in sections.values():
+        for key in INHERITED_KEYS:
+            if section[key] is None:
+                section[key] = cfg.training[key]
+    actor = cfg.actor_rollout_ref.actor_rollout
+    if actor.ppo_mini_batch_size is None:
+        actor.ppo_mini_batch_size = cfg.training.global_batch_size
+    if cfg.reward.model is None and cfg.reward.function is None and cfg.reward.load is None:
+        cfg.reward.model = cfg.model.copy()
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PATH_KEYS = (
+    "training.tokenizer_name_or_path",
+    "actor_rollout_ref.actor_rollout.data_path",
+    "actor_rollout_ref.actor_rollout.load",
+    "actor_rollout_ref.ref.load",
+    "reward.load",
+)
+
+
+def resolve_path(path: str) -> str:
+    """Absolute path: as given if it exists from the current directory, else from the project root
+    (recipes name shipped files like ``data/prompts/...`` relative to the project)."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return str(p.resolve())
+    return str((PROJECT_ROOT / p).resolve())
+
+
+def _resolve_paths(cfg: DictConfig) -> None:
+    for key in PATH_KEYS:
+        value = OmegaConf.select(cfg, key)
+        if value is not None:
+            OmegaConf.update(cfg, key, resolve_path(value))
+
+
+# ---------------------------------------------------------------------------------- validation
+
+
+def role_section(cfg: DictConfig, role: str) -> DictConfig:
+    return cfg.reward if role == "reward" else cfg.actor_rollout_ref[role]
+
+
+def data_parallel_size(cfg: DictConfig, role: str) -> int:
+    sec = role_section(cfg, role)
+    return cfg.resource_pool[role] // (sec.tensor_model_parallel_size * sec.pipeline_model_parallel_size)
+
+
+def roles_in_use(cfg: DictConfig) -> tuple[str, ...]:
+    """The reward role has no workers when a reward function replaces the model."""
+    return ROLES if cfg.reward.function is None else ("actor_rollout", "ref")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Cross-field checks; every message says what to change."""
+    t, actor, alg = cfg.training, cfg.actor_rollout_ref.actor_rollout, cfg.algorithm
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ValueError(f"{key}={value!r}: not one of {', '.join(allowed)}; pick one of them")
+
+    def positive(key: str, value: float) -> None:
+        if not value > 0:
+            raise ValueError(f"{key}={value}: must be > 0")
+
+    positive("training.train_iters", t.train_iters)
+    positive("training.global_batch_size", t.global_batch_size)
+    positive("actor_rollout_ref.actor_rollout.temperature", actor.temperature)
+    positive("actor_rollout_ref.actor_rollout.max_prompt_length", actor.max_prompt_length)
+    positive("actor_rollout_ref.actor_rollout.ppo_epochs", actor.ppo_epochs)
+    positive("algorithm.beta", alg.beta)
+    if actor.max_prompt_length >= t.seq_length:
+        raise ValueError(
+            f"actor_rollout_ref.actor_rollout.max_prompt_length={actor.max_prompt_length} must be < "
+            f"training.seq_length={t.seq_length} (responses get seq_length - max_prompt_length tokens); "
+            "raise seq_length or lower max_prompt_length"
+        )
+    if t.seq_length > cfg.model.max_position_embeddings:
+        raise ValueError(
+            f"training.seq_length={t.seq_length} exceeds model.max_position_embeddings="
+            f"{cfg.model.max_position_embeddings}; lower seq_length"
+        )
+    if not 0 < actor.top_p <= 1:
+        raise ValueError(f"actor_rollout_ref.actor_rollout.top_p={actor.top_p}: must be in (0, 1]; 1.0 turns it off")
+    if actor.top_k < 0:
+        raise ValueError(f"actor_rollout_ref.actor_rollout.top_k={actor.top_k}: must be >= 0; 0 turns it off")
+    if actor.n_samples_per_prompt < 2:
+        raise ValueError(
+            f"actor_rollout_ref.actor_rollout.n_samples_per_prompt={actor.n_samples_per_prompt}: "
+            "Online DPO needs at least 2 responses per prompt"
+        )
+    if not 0 <= actor.lr_warmup_fraction < 1:
+        raise ValueError(f"actor_rollout_ref.actor_rollout.lr_warmup_fraction={actor.lr_warmup_fraction}: must be in [0, 1)")
+    if actor.min_lr > actor.lr:
+        raise ValueError(f"actor_rollout_ref.actor_rollout.min_lr={actor.min_lr} > lr={actor.lr}; lower min_lr")
+    if t.device == "cpu" and t.dtype != "fp32":
+        raise ValueError(
+            f"training.dtype={t.dtype} on training.device=cpu: bf16/fp16 matmuls are ~500x slower on CPU; "
+            "use training.dtype=fp32"
+        )
+    if cfg.reward.function is not None:
+        if ":" not in cfg.reward.function:
+            raise ValueError(f"reward.function={cfg.reward.function!r}: expected 'module:callable', e.g. myrewards:score")
+        if cfg.reward.load is not None:
+            raise ValueError("reward.function and reward.load are both set; keep one (a function replaces the model)")
+    _validate_model(cfg.model, "model")
+    if cfg.reward.model is not None:
+        _validate_model(cfg.reward.model, "reward.model")
+    for role in roles_in_use(cfg):
+        _validate_role_layout(cfg, role)
+    gbs = t.global_batch_size
+    mini = actor.ppo_mini_batch_size
+    dp = data_parallel_size(cfg, "actor_rollout")
+    if gbs % mini:
+        raise ValueError(
+            f"training.global_batch_size={gbs} is not a multiple of "
+            f"actor_rollout_ref.actor_rollout.ppo_mini_batch_size={mini}; make it one"
+        )
+    if mini % (dp * actor.micro_batch_size):
+        raise ValueError(
+            f"actor_rollout_ref.actor_rollout.ppo_mini_batch_size={mini} is not a multiple of "
+            f"data-parallel size {dp} x micro_batch_size {actor.micro_batch_size}; "
+            "change micro_batch_size, the mini batch or resource_pool.actor_rollout"
+        )
+    for role in roles_in_use(cfg):
+        dp_role = data_parallel_size(cfg, role)
+        if gbs % dp_role:
+            raise ValueError(
+                f"training.global_batch_size={gbs} is not divisible by the data-parallel size {dp_role} of "
+                f"role {role} (resource_pool.{role} / (TP x PP)); every data-parallel rank needs its own slice"
+            )
+
+
+def _validate_model(m: DictConfig, where: str) -> None:
+    if m.hidden_size % m.num_attention_heads:
+        raise ValueError(f"{where}.hidden_size={m.hidden_size} is not divisible by num_attention_heads={m.num_attention_heads}")
+    if m.num_attention_heads % m.num_query_groups:
+        raise ValueError(
+            f"{where}.num_attention_heads={m.num_attention_heads} is not divisible by "
+            f"num_query_groups={m.num_query_groups} (GQA)"
+        )
+
+
+def _validate_role_layout(cfg: DictConfig, role: str) -> None:
+    sec = role_section(cfg, role)
+    tp, pp = sec.tensor_model_parallel_size, sec.pipeline_model_parallel_size
+    devices = cfg.resource_pool[role]
+    prefix = "actor_rollout_ref." if role != "reward" else ""
+    if tp < 1 or pp < 1:
+        raise ValueError(f"{prefix}{role}: tensor/pipeline parallel sizes must be >= 1 (got TP={tp}, PP={pp})")
+    if devices < 1 or devices % (tp * pp):
+        raise ValueError(
+            f"resource_pool.{role}={devices} is not a positive multiple of TP x PP = {tp} x {pp} = {tp * pp} "
+            f"for role {role}; set resource_pool.{role} to {tp * pp} x (data-parallel size)"
+        )
+    arch = cfg.reward.model if role == "reward" and cfg.reward.model is not None else cfg.model
+    if arch.num_query_groups % tp or arch.num_attention_heads % tp:
+        raise ValueError(
+            f"role {role}: TP={tp} must divide num_attention_heads={arch.num_attention_heads} and "
+            f"num_query_groups={arch.num_query_groups}; lower {prefix}{role}.tensor_model_parallel_size"
+        )
+    if arch.num_layers % pp:
+        raise ValueError(f"role {role}: PP={pp} must divide num_layers={arch.num_layers}")
+    if pp > 1:
+        raise ValueError(
+            f"role {role}: pipeline_model_parallel_size={pp} is not supported yet; set it to 1"
+        )
+
+
+def max_new_tokens(cfg: DictConfig) -> int:
+    return cfg.training.seq_length - cfg.actor_rollout_ref.actor_rollout.max_prompt_length
+
+
+def optimizer_steps_per_iter(cfg: DictConfig) -> int:
+    actor = cfg.actor_rollout_ref.actor_rollout
+    return actor.ppo_epochs * math.ceil(cfg.training.global_batch_size / actor.ppo_mini_batch_size)
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg)
+
+
+def as_dict(node: DictConfig | ListConfig) -> Any:
+    return OmegaConf.to_container(node, resolve=True)

@@ -1,0 +1,176 @@
+"""Batched sampling with Megatron-core's static KV cache.
+
+One prefill forward over the left-padded prompts, then one decode forward per new token for the
+whole batch. RoPE positions come from the cache offset, so a left-padded row sees the same
+relative positions as an unpadded one; padded keys are masked out.
+
+Sampling is inverse-CDF (cumulative softmax + searchsorted on uniform draws from the caller's
+generator): on CPU `torch.multinomial` over a 128k vocabulary costs ~58 ms per step, this ~3.5 ms.
+"""
+
+from __future__ import annotations
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.inference.contexts import StaticInferenceContext
+
+
+def sample_tokens(
+    logits_BV: torch.Tensor,
+    *,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Draw one token id per row from softmax(logits / temperature), filtered by top_k
+    (0 = off) and top_p (1.0 = off). Zero-probability ids are never drawn."""
+    if top_k == 1:
+        return logits_BV.argmax(dim=-1)
+    logits_BV = logits_BV.float() / temperature
+    if top_k > 0:
+        kth_B1 = torch.topk(logits_BV, top_k, dim=-1).values[:, -1:]
+        logits_BV.masked_fill_(logits_BV < kth_B1, float("-inf"))
+    probs_BV = torch.softmax(logits_BV, dim=-1)
+    if top_p < 1.0:
+        # Keep the most likely ids until their mass reaches top_p (always at least one).
+        sorted_BV, order_BV = probs_BV.sort(dim=-1, descending=True)
+        mass_before_BV = sorted_BV.cumsum(dim=-1) - sorted_BV
+        sorted_BV.masked_fill_(mass_before_BV >= top_p, 0.0)
+        probs_BV = torch.zeros_like(probs_BV).scatter_(-1, order_BV, sorted_BV)
+    cdf_BV = probs_BV.cumsum(dim=-1)
+    # u < cdf[-1] exactly (rand < 1), and the first cdf entry > u is never a zero-mass id.
+    u_B1 = torch.rand(
+        (cdf_BV.shape[0], 1), generator=generator, device=generator.device
+    ).to(cdf_BV.device) * cdf_BV[:, -1:]
+    ids_B = torch.searchsorted(cdf_BV, u_B1, right=True).squeeze(1)
+    return ids_B.clamp_(max=cdf_BV.shape[1] - 1)
+
+
+def _check_args(prompts, max_new_tokens, temperature, top_k, top_p, eos_token_ids) -> None:
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate: got an empty prompt list or an empty prompt; pass token ids")
+    if max_new_tokens < 1:
+        raise ValueError(f"generate: max_new_tokens={max_new_tokens}; must be >= 1")
+    if not temperature > 0:
+        raise ValueError(
+            f"generate: temperature={temperature}; must be > 0 (use top_k=1 for greedy)"
+        )
+    if top_k < 0:
+        raise ValueError(f"generate: top_k={top_k}; must be >= 0 (0 = off)")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"generate: top_p={top_p}; must be in (0, 1] (1.0 = off)")
+    if not eos_token_ids:
+        raise ValueError("generate: eos_token_ids is empty; pass the tokenizer's EOS id(s)")
+
+
+@torch.no_grad()
+def generate(
+    model,
+    prompts: list[list[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    eos_token_ids: list[int],
+    generator: torch.Generator,
+) -> list[list[int]]:
+    """Sample a response for each prompt; returns the response ids (EOS kept, no padding).
+
+    A row stops at its first EOS; the loop stops when every row has or after max_new_tokens.
+    With TP > 1 every rank returns the same tokens (logits are gathered, and the tokens of TP
+    rank 0 are broadcast so thread-count differences between ranks can never diverge them);
+    seed `generator` identically on all TP ranks.
+    """
+    _check_args(prompts, max_new_tokens, temperature, top_k, top_p, eos_token_ids)
+    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        raise NotImplementedError(
+            "generate: pipeline parallelism (PP > 1) is not supported for generation; "
+            "generate with a PP=1 copy of the actor"
+        )
+    device = next(model.parameters()).device
+    B, N = len(prompts), max_new_tokens
+    lengths_B = torch.tensor([len(p) for p in prompts], device=device)
+    L = int(lengths_B.max())
+
+    # Left-pad the prompts; padded key columns stay masked for the whole generation.
+    ids_BL = torch.zeros((B, L), dtype=torch.long, device=device)
+    for row, prompt in enumerate(prompts):
+        ids_BL[row, L - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+    columns_S = torch.arange(L + N, device=device)
+    pad_key_BS = columns_S[None, :] < (L - lengths_B)[:, None]
+    causal_LL = torch.ones((L, L), dtype=torch.bool, device=device).triu_(1)
+    prefill_mask = causal_LL[None, None] | pad_key_BS[:, None, None, :L]
+    decode_mask = pad_key_BS[:, None, None, :]  # sliced to the cache length each step
+
+    eos_E = torch.tensor(eos_token_ids, dtype=torch.long, device=device)
+    out_BN = torch.empty((B, N), dtype=torch.long, device=device)  # preallocated output
+
+    context = StaticInferenceContext(max_batch_size=B, max_sequence_length=L + N)
+    was_training = model.training
+    model.eval()  # Megatron only uses the KV cache's inference path in eval mode
+    try:
+        steps = _decode(
+            model, context, ids_BL, columns_S, prefill_mask, decode_mask, out_BN, eos_E,
+            temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
+        )
+    finally:
+        model.train(was_training)
+
+    # Response length: through the first EOS, else every generated step.
+    is_eos_BN = torch.isin(out_BN[:, :steps], eos_E)
+    first_eos_B = is_eos_BN.int().argmax(dim=1)
+    response_len_B = torch.where(is_eos_BN.any(dim=1), first_eos_B + 1, steps).tolist()
+    out_rows = out_BN[:, :steps].tolist()
+    return [row[:n] for row, n in zip(out_rows, response_len_B)]
+
+
+def _decode(
+    model, context, ids_BL, columns_S, prefill_mask, decode_mask, out_BN, eos_E, *,
+    temperature, top_k, top_p, generator,
+) -> int:
+    """Prefill + decode loop filling out_BN; returns the number of steps taken."""
+    (B, L), N = ids_BL.shape, out_BN.shape[1]
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    finished_B = torch.zeros(B, dtype=torch.bool, device=ids_BL.device)
+    position_B1 = torch.zeros((B, 1), dtype=torch.long, device=ids_BL.device)
+    logits_B1V = model(
+        ids_BL,
+        columns_S[:L].expand(B, L),
+        prefill_mask,
+        inference_context=context,
+        runtime_gather_output=True,
+    )
+    context.increment_sequence_len_offset(L)
+    context.enable_decode_mode()
+    steps = N
+    for t in range(N):
+        next_B = sample_tokens(
+            logits_B1V[:, -1], temperature=temperature, top_k=top_k, top_p=top_p,
+            generator=generator,
+        )
+        if tp > 1:
+            torch.distributed.broadcast(
+                next_B,
+                src=parallel_state.get_tensor_model_parallel_src_rank(),
+                group=parallel_state.get_tensor_model_parallel_group(),
+            )
+        # Finished rows repeat their last token (their output is cut at the first EOS anyway).
+        if t > 0:
+            next_B = torch.where(finished_B, out_BN[:, t - 1], next_B)
+        out_BN[:, t] = next_B
+        finished_B |= torch.isin(next_B, eos_E)
+        if t == N - 1 or bool(finished_B.all()):
+            steps = t + 1
+            break
+        position_B1.fill_(L + t)
+        logits_B1V = model(
+            next_B[:, None],
+            position_B1,
+            decode_mask[..., : L + t + 1],
+            inference_context=context,
+            runtime_gather_output=True,
+        )
+        context.increment_sequence_len_offset(1)
+    return steps

@@ -1,0 +1,88 @@
+"""The run folder: ``config.yaml``, ``metrics.jsonl``, ``rollouts.jsonl``, ``loss.png``.
+
+Lines are flushed as the run goes, so a crashed or running job can be inspected and plotted.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+REQUIRED_METRICS = (
+    "step", "loss", "beta", "logps/chosen", "logps/rejected", "rewards/chosen", "rewards/rejected",
+    "rewards/margins", "rewards/accuracies", "objective/kl", "objective/entropy", "objective/scores",
+    "objective/scores_margin", "val/contain_eos_token", "grad_norm", "learning_rate",
+    "timing/generate", "timing/reference", "timing/reward", "timing/train", "timing/step",
+)  # fmt: skip
+
+
+def new_run_dir(recipe: str, out: str | None) -> Path:
+    if out is not None:
+        path = Path(out)
+        if path.exists() and any(path.iterdir()):
+            raise ValueError(f"--out {path}: folder exists and is not empty; pass a new folder")
+    else:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path("runs") / f"{recipe}-{stamp}"
+        n = 1
+        while path.exists():
+            n += 1
+            path = Path("runs") / f"{recipe}-{stamp}-{n}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class RunWriter:
+    def __init__(self, run_dir: Path, cfg: DictConfig):
+        self.dir = run_dir
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        self._metrics = open(run_dir / "metrics.jsonl", "a")
+        self._rollouts = open(run_dir / "rollouts.jsonl", "a")
+
+    def metrics(self, row: dict) -> None:
+        missing = [k for k in REQUIRED_METRICS if k not in row]
+        assert not missing, f"metrics row lacks {missing}"
+        self._metrics.write(json.dumps(row) + "\n")
+        self._metrics.flush()
+
+    def rollouts(self, rows: list[dict]) -> None:
+        self._rollouts.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        self._rollouts.flush()
+
+    def close(self) -> None:
+        self._metrics.close()
+        self._rollouts.close()
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_loss(run_dir: Path, expected: dict | None = None) -> Path:
+    """``loss.png``: this run's loss (and mean score) per step, with the recipe's expected curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    steps = [r["step"] for r in rows]
+    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_loss.plot(steps, [r["loss"] for r in rows], marker=".", label="this run")
+    if expected is not None:
+        ax_loss.plot(expected["steps"], expected["loss"], "--", color="gray", label="expected (recorded)")
+    ax_loss.set(xlabel="iteration", ylabel="DPO loss", title="loss")
+    ax_loss.legend()
+    ax_score.plot(steps, [r["objective/scores"] for r in rows], marker=".", color="tab:green")
+    ax_score.set(xlabel="iteration", ylabel="mean reward score", title="objective/scores")
+    for ax in (ax_loss, ax_score):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = run_dir / "loss.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

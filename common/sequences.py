@@ -1,0 +1,88 @@
+"""Prompt + response sequences as padded tensors, and the response mask that keeps padding out.
+
+A sequence is ``prompt_ids + response_ids``. Batches are right-padded to the longest sequence of
+the micro-batch (never to ``seq_length``), so padding costs as little compute as a dense batch can.
+Llama-3's pad token is its EOS, so padding is never recognised by token id: every tensor here
+comes with an explicit validity or response mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Sequence:
+    prompt_ids: list[int]
+    response_ids: list[int]
+
+
+@dataclass
+class PaddedBatch:
+    ids_BT: torch.Tensor  # right-padded token ids
+    valid_BT: torch.Tensor  # True on real tokens
+    response_BT1: torch.Tensor  # True where target token t+1 is a response token (aligns with token_logprobs)
+    prompt_len_B: torch.Tensor
+    total_len_B: torch.Tensor
+
+    def to(self, device: torch.device) -> "PaddedBatch":
+        return PaddedBatch(*(x.to(device) for x in (self.ids_BT, self.valid_BT, self.response_BT1, self.prompt_len_B, self.total_len_B)))
+
+
+def pad_batch(seqs: list[Sequence], pad_id: int = 0) -> PaddedBatch:
+    """Right-pad to the longest sequence; the pad id never matters (masks say what is real)."""
+    total_len_B = torch.tensor([len(s.prompt_ids) + len(s.response_ids) for s in seqs])
+    prompt_len_B = torch.tensor([len(s.prompt_ids) for s in seqs])
+    T = int(total_len_B.max())
+    ids_BT = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    for b, s in enumerate(seqs):
+        ids_BT[b, : total_len_B[b]] = torch.tensor(s.prompt_ids + s.response_ids)
+    pos_T = torch.arange(T)
+    valid_BT = pos_T[None, :] < total_len_B[:, None]
+    # target of logprob position t is token t+1; it is a response token when t+1 >= prompt_len
+    target_T1 = pos_T[1:]
+    response_BT1 = (target_T1[None, :] >= prompt_len_B[:, None]) & (target_T1[None, :] < total_len_B[:, None])
+    return PaddedBatch(ids_BT, valid_BT, response_BT1, prompt_len_B, total_len_B)
+
+
+def summed_response_logps(logps_BT1: torch.Tensor, batch: PaddedBatch) -> torch.Tensor:
+    """Sum of the log-probabilities of response tokens only -> ``[B]``."""
+    return (logps_BT1 * batch.response_BT1.to(logps_BT1.dtype)).sum(dim=1)
+
+
+def score_positions(seqs: list[Sequence], eos_ids: set[int], score_position: str) -> torch.Tensor:
+    """Index (in the full sequence) where a reward model's score is read, per sequence.
+
+    ``eos``: at the response's first EOS token, or its last token when it has none (the original
+    system's convention). ``before_eos``: one token earlier when the response ends in EOS (TRL scores
+    the re-tokenised text, whose last token is the one before EOS).
+    """
+    pos = []
+    for s in seqs:
+        p, r = len(s.prompt_ids), s.response_ids
+        first_eos = next((i for i, t in enumerate(r) if t in eos_ids), None)
+        if first_eos is None:
+            pos.append(p + len(r) - 1)
+        elif score_position == "eos":
+            pos.append(p + first_eos)
+        else:
+            pos.append(p + first_eos - 1)
+    return torch.tensor(pos)
+
+
+def has_eos(response_ids: list[int], eos_ids: set[int]) -> bool:
+    return any(t in eos_ids for t in response_ids)
+
+
+def split(items: list, parts: int) -> list[list]:
+    """Contiguous, equal split (callers validated divisibility)."""
+    if len(items) % parts:
+        raise ValueError(f"cannot split {len(items)} items into {parts} equal parts")
+    k = len(items) // parts
+    return [items[i * k : (i + 1) * k] for i in range(parts)]
+
+
+def chunks(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]

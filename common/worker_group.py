@@ -1,0 +1,82 @@
+"""Declared placement and the group of Ray workers that make up one role.
+
+One placement group per role (``resource_pool.<role>`` bundles, one device each); the driver
+checks the cluster can hold every pool before any worker starts, so a shortfall fails in seconds
+instead of hanging. A ``WorkerGroup`` starts one long-lived worker per rank, forms the role's
+torch.distributed world, and dispatches coarse calls: each data-parallel rank gets its own slice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+from ray.util.placement_group import placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from common.device import Device
+from common.sequences import split
+
+
+def bundle(device: Device, cpus: float) -> dict[str, float]:
+    b = {"CPU": cpus}
+    if device.ray_resource is not None:
+        b[device.ray_resource] = 1
+    return b
+
+
+def check_capacity(pools: dict[str, int], device: Device) -> None:
+    """Fail fast, naming the role and the shortfall, when the cluster lacks devices."""
+    total = ray.cluster_resources()
+    kind = device.ray_resource or "CPU"
+    have = total.get(kind, 0)
+    need = sum(pools.values())
+    if device.ray_resource is not None and need > have:
+        detail = ", ".join(f"{role} needs {n}" for role, n in pools.items())
+        raise ValueError(
+            f"the Ray cluster has {have:g} {kind} devices but the roles need {need} ({detail}); "
+            f"short by {need - have:g}: lower resource_pool.* or add nodes"
+        )
+
+
+class WorkerGroup:
+    def __init__(self, role: str, worker_cls: type, cfg: dict, ranks: int, device: Device, cpus_per_rank: float, num_threads: int):
+        self.role = role
+        self.pg = placement_group([bundle(device, cpus_per_rank)] * ranks, strategy="PACK", name=f"odpo-{role}")
+        ray.get(self.pg.ready(), timeout=120)
+        remote_cls = ray.remote(worker_cls)
+        self.workers = [
+            remote_cls.options(
+                num_cpus=cpus_per_rank,
+                resources={device.ray_resource: 1} if device.ray_resource else None,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+                name=f"{role}-{i}",
+            ).remote(role, cfg, i, ranks, num_threads)
+            for i in range(ranks)
+        ]
+        addr, port = ray.get(self.workers[0].master_address.remote())
+        # started, not awaited: roles build their models concurrently (see ready())
+        self._pending = [w.init_distributed.remote(addr, port) for w in self.workers]
+
+    def ready(self) -> "WorkerGroup":
+        """Wait until every rank has formed the world and built its model."""
+        self.layouts = ray.get(self._pending)
+        self.dp_size = self.layouts[0]["dp_size"]
+        return self
+
+    def call_all(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        return ray.get([getattr(w, method).remote(*args, **kwargs) for w in self.workers])
+
+    def run_sharded(self, method: str, items: list, *args: Any, **kwargs: Any) -> list[Any]:
+        """Call ``method(slice, ...)`` with each data-parallel rank's contiguous slice of ``items``;
+        return the output ranks' results concatenated in the order of ``items``."""
+        return [x for part in self.run_per_dp(method, split(items, self.dp_size), *args, **kwargs) for x in part]
+
+    def run_per_dp(self, method: str, shards: list, *args: Any, **kwargs: Any) -> list[Any]:
+        refs = [getattr(w, method).remote(shards[lay["dp_rank"]], *args, **kwargs) for w, lay in zip(self.workers, self.layouts)]
+        results = ray.get(refs)
+        by_dp = {lay["dp_rank"]: r for lay, r in zip(self.layouts, results) if lay["is_output"]}
+        return [by_dp[d] for d in range(self.dp_size)]
+
+    def nodes(self) -> list[str]:
+        return [lay["node_ip"] for lay in self.layouts]

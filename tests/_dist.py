@@ -1,0 +1,75 @@
+"""Test helper: run a function on every rank of a fresh CPU/gloo Megatron world.
+
+Each rank is a spawned process (Megatron's parallel state is per-process global state), with
+one torch thread so a 2-rank world fits on 2 cores. A failing rank fails the whole call with its
+traceback instead of leaving the other ranks hanging in a collective.
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+import time
+import traceback
+
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def init_world(rank: int, world_size: int, port: int, tp: int, pp: int, threads: int) -> None:
+    from common import parallel
+    from common.device import resolve_device
+
+    device = resolve_device("cpu")
+    device.setup_worker(threads)
+    parallel.init_model_parallel(
+        rank=rank, world_size=world_size, master_addr="127.0.0.1", master_port=port,
+        device=device, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, seed=0,
+    )
+
+
+def _entry(rank, world_size, port, tp, pp, fn, args, results):
+    from common import parallel
+
+    try:
+        init_world(rank, world_size, port, tp, pp, threads=1)
+        results.put((rank, True, fn(*args)))
+    except BaseException:  # report any failure to the parent, which raises it
+        results.put((rank, False, traceback.format_exc()))
+    finally:
+        parallel.destroy_model_parallel()
+
+
+def run_world(fn, *args, world_size: int, tp: int, pp: int = 1, timeout: float = 240.0) -> list:
+    """fn(*args) on each rank of a world_size-process world; returns the per-rank results."""
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = free_port()
+    procs = [
+        ctx.Process(target=_entry, args=(rank, world_size, port, tp, pp, fn, args, results))
+        for rank in range(world_size)
+    ]
+    for proc in procs:
+        proc.start()
+    out = [None] * world_size
+    deadline = time.monotonic() + timeout
+    try:
+        for _ in range(world_size):
+            try:
+                rank, ok, payload = results.get(timeout=max(deadline - time.monotonic(), 0.1))
+            except queue.Empty:
+                raise TimeoutError(f"world of {world_size} ranks did not finish in {timeout}s")
+            if not ok:
+                raise RuntimeError(f"rank {rank} failed:\n{payload}")
+            out[rank] = payload
+    finally:
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+    return out

@@ -1,0 +1,34 @@
+"""Shared test set-up: repository root on sys.path, local-only Ray, tiny-recipe runs."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+# Throwaway local Ray clusters in tests only; the project default keeps Ray's token auth.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def run_recipe(recipe: str, out: Path, *overrides: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``./run.sh <recipe> --out <out> <overrides>`` exactly as a user would."""
+    return subprocess.run(
+        [str(ROOT / "run.sh"), recipe, "--out", str(out), *overrides],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=900,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One full run of the shipped tiny recipe (no overrides), shared by the tests that read it."""
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    proc = run_recipe("tiny", out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return out

@@ -1,0 +1,63 @@
+"""`./run.sh tiny` through Ray, end to end: output files, invariants, the stored curve."""
+
+import json
+import math
+
+import pytest
+
+from common.expected_curve import compare, load_expected
+from common.outputs import REQUIRED_METRICS, read_jsonl
+from conftest import ROOT, run_recipe
+
+
+def test_metrics_have_every_key_one_row_per_iteration(tiny_run):
+    rows = read_jsonl(tiny_run / "metrics.jsonl")
+    cfg_iters = int(next(line.split(":")[1] for line in (tiny_run / "config.yaml").read_text().splitlines() if line.strip().startswith("train_iters")))
+    assert [r["step"] for r in rows] == list(range(1, cfg_iters + 1))
+    for r in rows:
+        assert not [k for k in REQUIRED_METRICS if k not in r]
+        assert all(math.isfinite(r[k]) for k in REQUIRED_METRICS)
+
+
+def test_step_one_loss_is_ln2(tiny_run):
+    first = read_jsonl(tiny_run / "metrics.jsonl")[0]
+    assert abs(first["loss"] - math.log(2)) < 1e-4
+    assert abs(first["objective/kl"]) < 1e-3  # policy == reference before the first update
+
+
+def test_every_pair_prefers_the_higher_score(tiny_run):
+    rows = read_jsonl(tiny_run / "rollouts.jsonl")
+    assert rows
+    for r in rows:
+        assert r["chosen"] != r["rejected"]
+        assert r["scores"][r["chosen"]] >= r["scores"][r["rejected"]]
+        assert len(r["responses"]) == len(r["scores"]) == 2
+
+
+def test_outputs_exist(tiny_run):
+    assert (tiny_run / "config.yaml").is_file()
+    assert (tiny_run / "loss.png").stat().st_size > 10_000
+
+
+def test_matches_stored_curve(tiny_run):
+    expected = load_expected(ROOT / "recipes" / "tiny")
+    assert expected is not None, "recipes/tiny/expected_loss.json missing: run python -m tools.record_curve tiny"
+    losses = [r["loss"] for r in read_jsonl(tiny_run / "metrics.jsonl")]
+    problems = compare(expected, losses)
+    assert not problems, "\n".join(problems)
+    # one-sided drift check: the mean difference stays near zero
+    mean_diff = sum(a - b for a, b in zip(losses, expected["loss"])) / len(losses)
+    assert abs(mean_diff) <= expected["tolerance"]
+
+
+def test_unknown_recipe_lists_recipes(tmp_path):
+    proc = run_recipe("nope", tmp_path / "x")
+    assert proc.returncode != 0
+    assert "tiny" in proc.stderr and "unknown recipe" in proc.stderr
+
+
+def test_bad_override_fails_before_ray(tmp_path):
+    proc = run_recipe("tiny", tmp_path / "x", "training.train_itres=2")
+    assert proc.returncode != 0
+    assert "training.train_iters" in proc.stderr
+    assert not (tmp_path / "x").exists()  # nothing was started or written

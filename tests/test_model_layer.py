@@ -1,0 +1,406 @@
+"""Model layer on CPU: Megatron Llama, log-probs, KV-cache generation, sampler, reward model.
+
+Run: cd /work/main && .venv/bin/python -m pytest tests/test_model_layer.py -x -q
+
+A TP=1 world lives in the pytest process (module fixture); TP=2 runs as a spawned 2-rank gloo
+world that computes the same scenario, and the tests compare the two.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tests._dist import free_port, init_world, run_world
+
+VOCAB = 1000  # padded to 1024 inside: exercises the padded-id masking
+ARCH = dict(
+    num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, num_query_groups=2,
+    vocab_size=VOCAB, max_position_embeddings=256,
+    # Llama-3 scaling with a short original context, so it changes frequencies at test lengths.
+    rope_scaling_factor=8.0, rope_original_max_position_embeddings=32,
+)
+PROMPT_LENGTHS = (5, 9, 3, 12)
+
+
+def _arch(**overrides):
+    from common.model import LlamaArch
+
+    return LlamaArch(**{**ARCH, **overrides})
+
+
+def _batch():
+    """Right-padded ids [4, 14] with valid mask, and mixed-length prompts."""
+    g = torch.Generator().manual_seed(123)
+    lengths = torch.tensor([14, 9, 11, 4])
+    ids_BT = torch.randint(0, VOCAB, (4, 14), generator=g)
+    valid_BT = torch.arange(14)[None, :] < lengths[:, None]
+    ids_BT = ids_BT.masked_fill(~valid_BT, 0)
+    prompts = [torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in PROMPT_LENGTHS]
+    return ids_BT, valid_BT, prompts
+
+
+def _hf_llama(tie: bool, seq_cls: bool = False):
+    import transformers
+
+    cfg = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        rms_norm_eps=1e-5, tie_word_embeddings=tie, num_labels=1,
+        rope_parameters={
+            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 32,
+        },
+    )
+    torch.manual_seed(7)
+    cls = transformers.LlamaForSequenceClassification if seq_cls else transformers.LlamaForCausalLM
+    return cls(cfg).eval()
+
+
+def scenario() -> dict:
+    """Everything the TP comparisons look at, computed on this rank's world."""
+    from common.generation import generate
+    from common.logprobs import causal_padding_mask, token_logprobs
+    from common.model import build_policy, build_reward_model, load_hf_llama_state_dict
+
+    arch = _arch()
+    ids_BT, valid_BT, prompts = _batch()
+    position_ids_BT = torch.arange(14).expand(4, 14)
+    mask = causal_padding_mask(valid_BT)
+    policy = build_policy(arch, dtype=torch.float32, seed=0)
+    reward = build_reward_model(arch, dtype=torch.float32, seed=1)
+    out = {}
+    with torch.no_grad():
+        out["logits"] = policy(ids_BT, position_ids_BT, mask, runtime_gather_output=True)
+        out["scores"] = reward(ids_BT, position_ids_BT, mask)
+    out["logps"] = token_logprobs(policy, ids_BT, valid_BT).detach()
+    gen = dict(max_new_tokens=12, top_p=1.0, eos_token_ids=[VOCAB + 5])
+    out["greedy"] = generate(
+        policy, prompts, temperature=1.0, top_k=1, generator=torch.Generator().manual_seed(0), **gen
+    )
+    out["sampled"] = generate(
+        policy, prompts, temperature=0.9, top_k=0, generator=torch.Generator().manual_seed(5), **gen
+    )
+    out["layer0"] = {
+        name: p.detach().clone()
+        for name, p in policy.named_parameters()
+        if name.startswith("decoder.layers.0.") or name.startswith("embedding.")
+    }
+    hf = _hf_llama(tie=True)
+    tied = build_policy(_arch(tie_word_embeddings=True), dtype=torch.float32, seed=3)
+    load_hf_llama_state_dict(tied, hf.state_dict(), _arch(tie_word_embeddings=True))
+    full_mask = causal_padding_mask(torch.ones_like(valid_BT))  # HF runs it unpadded
+    with torch.no_grad():
+        out["hf_logits"] = tied(ids_BT, position_ids_BT, full_mask, runtime_gather_output=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def world1():
+    """TP=1 world in this process."""
+    from common import parallel
+
+    init_world(rank=0, world_size=1, port=free_port(), tp=1, pp=1, threads=2)
+    yield
+    parallel.destroy_model_parallel()
+
+
+@pytest.fixture(scope="module")
+def tp1(world1):
+    return scenario()
+
+
+@pytest.fixture(scope="module")
+def tp2():
+    return run_world(scenario, world_size=2, tp=2)
+
+
+@pytest.fixture(scope="module")
+def policy(world1):
+    from common.model import build_policy
+
+    return build_policy(_arch(), dtype=torch.float32, seed=0)
+
+
+# ------------------------------------------------------------------------------------ device
+
+
+def test_device_resolution_and_dtype():
+    from common.device import resolve_device
+
+    cpu = resolve_device("cpu")
+    assert (cpu.kind, cpu.backend, cpu.ray_resource) == ("cpu", "gloo", None)
+    assert resolve_device("auto").kind in ("cpu", "cuda", "npu")
+    assert cpu.compute_dtype("fp32") == torch.float32
+    with pytest.raises(ValueError, match="fp32"):
+        cpu.compute_dtype("bf16")
+    with pytest.raises(ValueError, match="unknown kind"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cuda"):
+            resolve_device("cuda")
+
+
+# ------------------------------------------------------------------------------------ RoPE
+
+
+def test_llama3_rope_scaling_matches_transformers():
+    import transformers
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from common.model import LlamaArch, llama3_inv_freq
+
+    arch = LlamaArch(
+        num_layers=1, hidden_size=2048, ffn_hidden_size=8192, num_attention_heads=32,
+        num_query_groups=8, vocab_size=128256, max_position_embeddings=131072,
+        rope_scaling_factor=32.0, rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,
+        rope_original_max_position_embeddings=8192,
+    )
+    cfg = transformers.LlamaConfig(
+        hidden_size=2048, num_attention_heads=32, max_position_embeddings=131072,
+        rope_parameters={
+            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    )
+    expected, _ = ROPE_INIT_FUNCTIONS["llama3"](cfg, torch.device("cpu"))
+    ours = llama3_inv_freq(arch)
+    unscaled = llama3_inv_freq(LlamaArch(**{**arch.__dict__, "rope_scaling_factor": None}))
+    assert not torch.allclose(ours, unscaled)  # the scaling really does something
+    torch.testing.assert_close(ours, expected.float(), rtol=1e-6, atol=0)
+
+
+# ------------------------------------------------------------------------------------ sampler
+
+
+def _frequencies(ids_B: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.bincount(ids_B, minlength=n).double() / ids_B.numel()
+
+
+def test_inverse_cdf_sampler_reproduces_distribution():
+    from common.generation import sample_tokens
+
+    p = torch.tensor([0.4, 0.25, 0.15, 0.1, 0.06, 0.04, 0.0, 0.0])
+    draws = 100_000
+    logits_BV = p.log().expand(draws, -1).contiguous()
+    ids_B = sample_tokens(
+        logits_BV, temperature=1.0, top_k=0, top_p=1.0, generator=torch.Generator().manual_seed(0)
+    )
+    counts = torch.bincount(ids_B, minlength=8).double()
+    assert counts[6:].sum() == 0  # zero-probability ids are never drawn
+    expected = p[:6].double() * draws
+    chi2 = ((counts[:6] - expected) ** 2 / expected).sum().item()
+    assert chi2 < 30.0, chi2  # 5 degrees of freedom: P(chi2 > 30) ~ 1.5e-5
+
+    # temperature 2 -> p^(1/2), renormalised
+    ids_B = sample_tokens(
+        logits_BV, temperature=2.0, top_k=0, top_p=1.0, generator=torch.Generator().manual_seed(1)
+    )
+    target = p.sqrt() / p.sqrt().sum()
+    torch.testing.assert_close(_frequencies(ids_B, 8), target.double(), atol=6e-3, rtol=0)
+
+
+def test_top_k_and_top_p_filters():
+    from common.generation import sample_tokens
+
+    p = torch.tensor([0.4, 0.25, 0.15, 0.1, 0.06, 0.04])
+    logits_BV = p.log().expand(50_000, -1).contiguous()
+    gen = torch.Generator().manual_seed(0)
+
+    freq = _frequencies(sample_tokens(logits_BV, temperature=1.0, top_k=2, top_p=1.0, generator=gen), 6)
+    torch.testing.assert_close(
+        freq, torch.tensor([0.4, 0.25, 0, 0, 0, 0], dtype=torch.float64) / 0.65, atol=8e-3, rtol=0
+    )
+    # top_p=0.7: 0.4 (mass before 0) and 0.25 (before 0.4) kept; 0.15 (before 0.65) kept; rest not
+    freq = _frequencies(sample_tokens(logits_BV, temperature=1.0, top_k=0, top_p=0.7, generator=gen), 6)
+    torch.testing.assert_close(
+        freq, torch.tensor([0.4, 0.25, 0.15, 0, 0, 0], dtype=torch.float64) / 0.8, atol=8e-3, rtol=0
+    )
+    freq = _frequencies(sample_tokens(logits_BV, temperature=1.0, top_k=0, top_p=0.3, generator=gen), 6)
+    assert freq[0] == 1.0
+    greedy = sample_tokens(logits_BV[:4], temperature=1.0, top_k=1, top_p=1.0, generator=gen)
+    assert greedy.tolist() == [0, 0, 0, 0]
+
+
+# ------------------------------------------------------------------------------------ logprobs
+
+
+def test_token_logprobs_match_naive_log_softmax(policy):
+    from common.logprobs import causal_padding_mask, token_logprobs
+
+    ids_BT, valid_BT, _ = _batch()
+    logps_BT1 = token_logprobs(policy, ids_BT, valid_BT)
+    assert logps_BT1.shape == (4, 13) and logps_BT1.dtype == torch.float32
+    target_valid_BT1 = valid_BT[:, 1:]
+    with torch.no_grad():
+        for row in range(4):
+            n = int(valid_BT[row].sum())
+            ids_1N = ids_BT[row : row + 1, :n]
+            mask = causal_padding_mask(torch.ones(1, n, dtype=torch.bool))
+            logits_1NV = policy(ids_1N, torch.arange(n)[None], mask)[..., :VOCAB]
+            naive_N1 = logits_1NV.log_softmax(-1)[0, :-1].gather(-1, ids_1N[0, 1:, None])[:, 0]
+            # Each row alone, unpadded, equals its padded-batch result.
+            torch.testing.assert_close(
+                logps_BT1[row][target_valid_BT1[row]], naive_N1, atol=1e-5, rtol=0
+            )
+
+
+def test_token_logprobs_differentiable_and_trimmed(policy):
+    from common.logprobs import token_logprobs
+
+    ids_BT, valid_BT, _ = _batch()
+    # Extra all-padding columns change nothing (the computation is trimmed to the longest row).
+    wide_ids = torch.nn.functional.pad(ids_BT, (0, 6))
+    wide_valid = torch.nn.functional.pad(valid_BT, (0, 6))
+    with torch.no_grad():
+        narrow = token_logprobs(policy, ids_BT, valid_BT)
+        wide = token_logprobs(policy, wide_ids, wide_valid)
+    assert wide.shape == (4, 19)
+    torch.testing.assert_close(wide[:, :13], narrow, atol=1e-6, rtol=0)
+    assert (wide[:, 13:] == 0).all()
+
+    policy.zero_grad()
+    logps = token_logprobs(policy, ids_BT, valid_BT)
+    (logps * valid_BT[:, 1:]).sum().backward()
+    grads = [p.grad for p in policy.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert policy.decoder.layers[0].mlp.linear_fc1.weight.grad.abs().sum() > 0
+    policy.zero_grad()
+
+
+# ------------------------------------------------------------------------------------ generation
+
+
+def _greedy_without_cache(policy, prompt, max_new_tokens, eos):
+    from common.logprobs import causal_padding_mask
+
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            n = len(ids)
+            mask = causal_padding_mask(torch.ones(1, n, dtype=torch.bool))
+            logits = policy(torch.tensor([ids]), torch.arange(n)[None], mask)[0, -1, :VOCAB]
+            ids.append(int(logits.argmax()))
+            if ids[-1] in eos:
+                break
+    return ids[len(prompt) :]
+
+
+def test_greedy_kv_cache_equals_full_forward(policy):
+    from common.generation import generate
+
+    _, _, prompts = _batch()
+    eos = [VOCAB + 5]  # never generated: a padded id
+    out = generate(
+        policy, prompts, max_new_tokens=10, temperature=1.0, top_k=1, top_p=1.0,
+        eos_token_ids=eos, generator=torch.Generator().manual_seed(0),
+    )
+    assert out == [_greedy_without_cache(policy, p, 10, eos) for p in prompts]
+    assert policy.training  # generate restores the mode it found
+
+
+def test_eos_stops_row_and_is_kept(policy):
+    from common.generation import generate
+
+    _, _, prompts = _batch()
+    kw = dict(temperature=1.0, top_k=1, top_p=1.0, generator=torch.Generator())
+    free = generate(policy, prompts, max_new_tokens=10, eos_token_ids=[VOCAB + 5], **kw)
+    eos = free[0][3]
+    out = generate(policy, prompts, max_new_tokens=10, eos_token_ids=[eos], **kw)
+    for row_free, row in zip(free, out):
+        expected = row_free[: row_free.index(eos) + 1] if eos in row_free else row_free
+        assert row == expected
+    assert out[0][-1] == eos and len(out[0]) <= 4
+    # Every row stops on its first token: the loop ends after one step.
+    first = sorted({row[0] for row in free})
+    out = generate(policy, prompts, max_new_tokens=10, eos_token_ids=first, **kw)
+    assert out == [row[:1] for row in free]
+
+
+def test_sampling_is_seeded_and_never_picks_padded_ids(policy):
+    from common.generation import generate
+
+    _, _, prompts = _batch()
+    kw = dict(max_new_tokens=16, top_k=0, top_p=1.0, eos_token_ids=[VOCAB + 5])
+    a = generate(policy, prompts, temperature=0.9, generator=torch.Generator().manual_seed(1), **kw)
+    b = generate(policy, prompts, temperature=0.9, generator=torch.Generator().manual_seed(1), **kw)
+    c = generate(policy, prompts, temperature=0.9, generator=torch.Generator().manual_seed(2), **kw)
+    assert a == b and a != c
+    # Nearly uniform sampling: unmasked, the 24 padded ids would get ~2 % of the 512 draws.
+    hot = generate(
+        policy, prompts * 8, temperature=100.0, generator=torch.Generator().manual_seed(3), **kw
+    )
+    drawn = [t for row in hot for t in row]
+    assert len(drawn) == 32 * 16 and max(drawn) < VOCAB
+
+
+# ------------------------------------------------------------------------------------ reward
+
+
+def test_reward_model_scores_per_position(tp1):
+    assert tp1["scores"].shape == (4, 14) and tp1["scores"].dtype == torch.float32
+    assert tp1["scores"].std() > 0
+
+
+# ------------------------------------------------------------------------------------ HF parity
+
+
+def test_hf_llama_weights_give_hf_logits(tp1, world1):
+    from common.logprobs import causal_padding_mask
+    from common.model import build_policy, build_reward_model, load_hf_llama_state_dict
+
+    ids_BT, _, _ = _batch()
+    with torch.no_grad():
+        expected = _hf_llama(tie=True)(ids_BT).logits
+    torch.testing.assert_close(tp1["hf_logits"][..., :VOCAB], expected, atol=1e-4, rtol=0)
+
+    arch = _arch()
+    hf = _hf_llama(tie=False)
+    policy = build_policy(arch, dtype=torch.float32, seed=0)
+    load_hf_llama_state_dict(policy, hf.state_dict(), arch)
+    mask = causal_padding_mask(torch.ones(4, 14, dtype=torch.bool))
+    pos = torch.arange(14).expand(4, 14)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            policy(ids_BT, pos, mask)[..., :VOCAB], hf(ids_BT).logits, atol=1e-4, rtol=0
+        )
+        hf_cls = _hf_llama(tie=False, seq_cls=True)
+        reward = build_reward_model(arch, dtype=torch.float32, seed=1)
+        load_hf_llama_state_dict(reward, hf_cls.state_dict(), arch)
+        expected_scores = hf_cls.score(hf_cls.model(ids_BT).last_hidden_state)[..., 0]
+        torch.testing.assert_close(reward(ids_BT, pos, mask), expected_scores, atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------------------------------------------ TP=2
+
+
+def test_tp2_equals_tp1(tp1, tp2):
+    for rank, out in enumerate(tp2):
+        torch.testing.assert_close(out["logits"], tp1["logits"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(out["logps"], tp1["logps"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(out["scores"], tp1["scores"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(out["hf_logits"], tp1["hf_logits"], atol=1e-5, rtol=0)
+        assert out["greedy"] == tp1["greedy"], rank
+        assert out["sampled"] == tp1["sampled"], rank
+
+
+def test_tp2_shards_are_the_tp1_weights_split(tp1, tp2):
+    full, ranks = tp1["layer0"], [out["layer0"] for out in tp2]
+    for name, weight in full.items():
+        if name.endswith("linear_fc1.weight"):  # each rank holds [gate shard ; up shard]
+            gate, up = weight.chunk(2)
+            shards = [torch.cat([g, u]) for g, u in zip(gate.chunk(2), up.chunk(2))]
+        elif name.endswith(("linear_qkv.weight", "word_embeddings.weight")):
+            shards = list(weight.chunk(2, dim=0))
+        elif name.endswith(("linear_proj.weight", "linear_fc2.weight")):
+            shards = list(weight.chunk(2, dim=1))
+        else:
+            shards = [weight, weight]
+        for rank in range(2):
+            assert torch.equal(ranks[rank][name], shards[rank]), (name, rank)
+    padded_rows = full["embedding.word_embeddings.weight"][VOCAB:]
+    assert padded_rows.shape[0] == 24 and (padded_rows == 0).all()

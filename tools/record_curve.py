@@ -1,0 +1,85 @@
+"""Record a recipe's expected loss curve from real runs.
+
+    .venv/bin/python -m tools.record_curve tiny            # two runs, writes recipes/tiny/expected_loss.json
+
+Runs the recipe ``--runs`` times (default 2) with the same seed, stores the first run's per-step
+loss, the largest run-to-run difference it measured, the tolerance derived from it, and the
+environment (library versions, CPU, git commit). Refuses to record from a dirty git tree, so a
+curve always names the code that produced it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+
+from common.expected_curve import FILENAME
+from common.outputs import read_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+# Floor of the per-step tolerance: runs here are bitwise repeatable on one machine (noise 0), but
+# another CPU model may round matmuls differently; 1e-3 keeps the check far tighter than the
+# curve's own step-to-step movement while allowing last-digit drift.
+TOLERANCE_FLOOR = 1e-3
+NOISE_MULTIPLIER = 10
+
+
+def environment() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return {
+        "python": platform.python_version(),
+        "packages": {p: version(p) for p in ("torch", "megatron-core", "ray", "transformers", "numpy")},
+        "cpu": cpu,
+        "cores": __import__("os").cpu_count(),
+        "git_commit": commit,
+        "recorded_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def run_once(recipe: str, out: Path, overrides: list[str]) -> list[float]:
+    cmd = [str(ROOT / "run.sh"), recipe, "--out", str(out), *overrides]
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    return [row["loss"] for row in read_jsonl(out / "metrics.jsonl")]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipe")
+    p.add_argument("--runs", type=int, default=2)
+    p.add_argument("--allow-dirty", action="store_true", help="record from uncommitted code (not for committed curves)")
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout
+    if dirty.strip() and not args.allow_dirty:
+        print(f"refusing to record from a dirty tree; commit first:\n{dirty}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        curves = [run_once(args.recipe, Path(tmp) / f"run{k}", args.overrides) for k in range(args.runs)]
+    noise = max((abs(a - b) for c in curves[1:] for a, b in zip(curves[0], c)), default=0.0)
+    record = {
+        "recipe": args.recipe,
+        "command": " ".join(["./run.sh", args.recipe, *args.overrides]),
+        "steps": list(range(1, len(curves[0]) + 1)),
+        "loss": curves[0],
+        "runs": args.runs,
+        "measured_noise": noise,
+        "tolerance": max(NOISE_MULTIPLIER * noise, TOLERANCE_FLOOR),
+        "tolerance_rule": f"max({NOISE_MULTIPLIER} x measured run-to-run noise, {TOLERANCE_FLOOR})",
+        "environment": environment(),
+    }
+    out = ROOT / "recipes" / args.recipe / FILENAME
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {out}: {len(curves[0])} steps, run-to-run noise {noise:.3g}, tolerance {record['tolerance']:.3g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
