@@ -10,9 +10,12 @@ generator): on CPU `torch.multinomial` over a 128k vocabulary costs ~58 ms per s
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from megatron.core import parallel_state
 from megatron.core.inference.contexts import StaticInferenceContext
+from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
 
 def sample_tokens(
@@ -28,7 +31,7 @@ def sample_tokens(
     if top_k == 1:
         return logits_BV.argmax(dim=-1)
     logits_BV = logits_BV.float() / temperature
-    if top_k > 0:
+    if 0 < top_k < logits_BV.shape[-1]:
         kth_B1 = torch.topk(logits_BV, top_k, dim=-1).values[:, -1:]
         logits_BV.masked_fill_(logits_BV < kth_B1, float("-inf"))
     probs_BV = torch.softmax(logits_BV, dim=-1)
@@ -45,6 +48,33 @@ def sample_tokens(
     ).to(cdf_BV.device) * cdf_BV[:, -1:]
     ids_B = torch.searchsorted(cdf_BV, u_B1, right=True).squeeze(1)
     return ids_B.clamp_(max=cdf_BV.shape[1] - 1)
+
+
+@contextlib.contextmanager
+def _vocab_major_output_layer(gpt):
+    """While generating, compute logits as W_VH @ h_HN instead of h_NH @ W_VH^T.
+
+    The same product (up to float rounding), but with only B rows per decode step MKL runs the
+    vocab-major form about 2x faster on CPU (16 x 256 x 128k: ~26 ms vs ~50 ms), and the output
+    layer is most of a decode step. Instance-level override; the module's forward hooks
+    (padded-id masking) still run, and the original forward is restored on exit.
+    """
+    layer = gpt.output_layer
+    gather = parallel_state.get_tensor_model_parallel_world_size() > 1
+
+    def forward(hidden_SBH, weight=None, runtime_gather_output=None):
+        weight_VH = layer.weight if weight is None else weight
+        S, B, H = hidden_SBH.shape
+        logits_SBV = (weight_VH @ hidden_SBH.reshape(S * B, H).t()).t().reshape(S, B, -1)
+        if gather and runtime_gather_output:
+            logits_SBV = gather_from_tensor_model_parallel_region(logits_SBV.contiguous())
+        return logits_SBV, None
+
+    layer.forward = forward
+    try:
+        yield
+    finally:
+        del layer.forward
 
 
 def _check_args(prompts, max_new_tokens, temperature, top_k, top_p, eos_token_ids) -> None:
@@ -111,10 +141,11 @@ def generate(
     was_training = model.training
     model.eval()  # Megatron only uses the KV cache's inference path in eval mode
     try:
-        steps = _decode(
-            model, context, ids_BL, columns_S, prefill_mask, decode_mask, out_BN, eos_E,
-            temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
-        )
+        with _vocab_major_output_layer(model):
+            steps = _decode(
+                model, context, ids_BL, columns_S, prefill_mask, decode_mask, out_BN, eos_E,
+                temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
+            )
     finally:
         model.train(was_training)
 

@@ -101,6 +101,10 @@ def llama3_inv_freq(arch: LlamaArch) -> torch.Tensor:
     return torch.where(is_medium, smoothed, scaled)
 
 
+def _skip_init(tensor: torch.Tensor) -> None:
+    """Init method for Megatron's pass: values come from `_init_weights` afterwards."""
+
+
 def _transformer_config(arch: LlamaArch, dtype: torch.dtype) -> TransformerConfig:
     tp = parallel_state.get_tensor_model_parallel_world_size()
     pp = parallel_state.get_pipeline_model_parallel_world_size()
@@ -138,9 +142,15 @@ def _transformer_config(arch: LlamaArch, dtype: torch.dtype) -> TransformerConfi
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         # Parameters are allocated on CPU and filled by `_init_weights` (TP-layout independent);
-        # callers move the model to their device.
+        # callers move the model to their device. Megatron's initialisation pass still runs, with
+        # no-op init methods, because it is also what tags parameters as tensor-parallel
+        # (`tensor_model_parallel`, `partition_dim`); untagged shards are counted as duplicates,
+        # e.g. only TP rank 0's shards would enter the gradient norm.
         use_cpu_initialization=True,
-        perform_initialization=False,
+        perform_initialization=True,
+        init_method=_skip_init,
+        output_layer_init_method=_skip_init,
+        embedding_init_method=_skip_init,
         # The fused kernels need Apex / Transformer Engine / CUDA.
         bias_activation_fusion=False,
         bias_dropout_fusion=False,

@@ -290,9 +290,13 @@ def _greedy_without_cache(policy, prompt, max_new_tokens, eos):
     return ids[len(prompt) :]
 
 
-def test_greedy_kv_cache_equals_full_forward(policy):
+@pytest.mark.parametrize("tied", [False, True])
+def test_greedy_kv_cache_equals_full_forward(policy, tied):
     from common.generation import generate
+    from common.model import build_policy
 
+    if tied:
+        policy = build_policy(_arch(tie_word_embeddings=True), dtype=torch.float32, seed=4)
     _, _, prompts = _batch()
     eos = [VOCAB + 5]  # never generated: a padded id
     out = generate(
@@ -301,6 +305,7 @@ def test_greedy_kv_cache_equals_full_forward(policy):
     )
     assert out == [_greedy_without_cache(policy, p, 10, eos) for p in prompts]
     assert policy.training  # generate restores the mode it found
+    assert "forward" not in vars(policy.output_layer)  # and the output layer's own forward
 
 
 def test_eos_stops_row_and_is_kept(policy):
@@ -404,3 +409,95 @@ def test_tp2_shards_are_the_tp1_weights_split(tp1, tp2):
             assert torch.equal(ranks[rank][name], shards[rank]), (name, rank)
     padded_rows = full["embedding.word_embeddings.weight"][VOCAB:]
     assert padded_rows.shape[0] == 24 and (padded_rows == 0).all()
+
+
+# ------------------------------------------------------------------------------------ Megatron schedules
+
+
+def _logprob_step(data_iterator, model):
+    """forward_step_func for Megatron's schedules: mean NLL loss, per-token log-probs out."""
+    from common.logprobs import logprob_inputs
+
+    ids_BT, valid_BT = next(data_iterator)
+    position_ids_BT, mask, labels_BT = logprob_inputs(ids_BT, valid_BT)
+    nll_BT = model(ids_BT, position_ids_BT, mask, labels=labels_BT)
+
+    def loss_func(nll_BT):
+        loss = (nll_BT[:, :-1] * valid_BT[:, 1:]).sum() / valid_BT[:, 1:].sum()
+        return loss, {"loss": loss.detach(), "logps": -nll_BT[:, :-1].detach()}
+
+    return nll_BT, loss_func
+
+
+def train_steps(steps: int = 2) -> dict:
+    """Megatron DDP + (non-distributed) Adam with gradient clipping through the schedules."""
+    from megatron.core.distributed import (
+        DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads,
+    )
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from common import parallel
+    from common.model import build_policy
+
+    model = build_policy(_arch(), dtype=torch.float32, seed=0)
+    ddp = DistributedDataParallel(model.config, DistributedDataParallelConfig(), model)
+    model.config.finalize_model_grads_func = finalize_model_grads
+    optimizer = get_megatron_optimizer(OptimizerConfig(optimizer="adam", lr=1e-3, clip_grad=0.5), [ddp])
+    ids_BT, valid_BT, _ = _batch()
+    out = {"losses": [], "grad_norms": [], "logps": None}
+    for _ in range(steps):
+        ddp.zero_grad_buffer()
+        optimizer.zero_grad()
+        stats = get_forward_backward_func()(
+            forward_step_func=_logprob_step, data_iterator=iter([(ids_BT, valid_BT)]),
+            model=[ddp], num_microbatches=1, seq_length=14, micro_batch_size=4,
+            forward_only=False,
+        )
+        _, grad_norm, _ = optimizer.step()
+        out["grad_norms"].append(grad_norm)
+        if parallel.is_pipeline_last_stage():
+            out["losses"].append(float(stats[0]["loss"]))
+            out["logps"] = out["logps"] if out["logps"] is not None else stats[0]["logps"]
+    out["tp_tagged"] = sorted(
+        name for name, p in model.named_parameters() if getattr(p, "tensor_model_parallel", False)
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def train_tp1(world1):
+    return train_steps()
+
+
+def test_tp_shards_are_tagged_for_megatron(train_tp1):
+    # Untagged shards count as TP duplicates (e.g. only rank 0's would enter the grad norm).
+    tagged = set(train_tp1["tp_tagged"])
+    layer = "decoder.layers.1."
+    expected = {
+        "embedding.word_embeddings.weight", "output_layer.weight",
+        layer + "self_attention.linear_qkv.weight", layer + "self_attention.linear_proj.weight",
+        layer + "mlp.linear_fc1.weight", layer + "mlp.linear_fc2.weight",
+    }
+    assert expected <= tagged
+    assert not any("layernorm" in name for name in tagged)
+
+
+def test_schedule_logps_equal_token_logprobs(train_tp1, policy):
+    from common.logprobs import token_logprobs
+
+    ids_BT, valid_BT, _ = _batch()
+    with torch.no_grad():
+        expected = token_logprobs(policy, ids_BT, valid_BT)
+    torch.testing.assert_close(train_tp1["logps"], expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2)])
+def test_megatron_train_steps_match_tp1(train_tp1, tp, pp):
+    ranks = run_world(train_steps, world_size=2, tp=tp, pp=pp)
+    last = next(out for out in ranks if out["losses"])
+    torch.testing.assert_close(last["logps"], train_tp1["logps"], atol=1e-5, rtol=0)
+    assert last["losses"] == pytest.approx(train_tp1["losses"], abs=1e-5)
+    assert train_tp1["grad_norms"][0] > 0.5  # so clip_grad=0.5 really clipped
+    for out in ranks:
+        assert out["grad_norms"] == pytest.approx(train_tp1["grad_norms"], rel=1e-5)
