@@ -32,7 +32,7 @@ def new_run_dir(recipe: str, out: str | None) -> Path:
             n += 1
             path = Path("runs") / f"{recipe}-{stamp}-{n}"
     path.mkdir(parents=True, exist_ok=True)
-    return path
+    return path.resolve()
 
 
 class RunWriter:
