@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import ray
 from omegaconf import DictConfig, OmegaConf
 
 from common.config import PROJECT_ROOT, roles_in_use
 from common.device import Device
-from common.worker_group import WorkerGroup, check_capacity
+from common.placement import Node, check_nodes, cluster_nodes, plan_placement
+from common.worker_group import WorkerGroup
 from common.workers import WORKER_CLASSES
 
 
@@ -21,36 +23,42 @@ def start_ray(nodes: int) -> None:
     """
     runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}}
     if nodes == 1 and "RAY_ADDRESS" not in os.environ:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="warning", runtime_env=runtime_env)
-        return
-    ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), logging_level="warning", runtime_env=runtime_env)
-    alive = [n for n in ray.nodes() if n["Alive"]]
-    if len(alive) < nodes:
-        raise ValueError(
-            f"--nodes {nodes}: the Ray cluster has {len(alive)} alive node(s); start the missing ones with "
-            "`ray start --address=<head-ip>:6379` (see README) or lower --nodes"
-        )
+        # address="local": always a private instance, never an unrelated cluster running on this machine
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="warning", runtime_env=runtime_env)
+    else:
+        ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), logging_level="warning", runtime_env=runtime_env)
 
 
-def build_roles(cfg: DictConfig, device: Device) -> dict[str, WorkerGroup]:
-    """One WorkerGroup per role in use, in a fixed order (actor, ref, reward).
+def device_resource(cfg: DictConfig, device: Device) -> str | None:
+    return cfg.resource_pool.device_resource or device.ray_resource
 
-    On CPU each rank gets an equal share of the cores as its Ray CPU resource, and torch threads for
-    the cores its role would have alone: roles run one after another within an iteration, so a
+
+def plan_roles(cfg: DictConfig, device: Device, nodes: int) -> tuple[dict[str, list[Node]], list[Node]]:
+    """The node of every rank, decided before any worker starts (fails fast on a shortfall)."""
+    resource = device_resource(cfg, device)
+    cluster = cluster_nodes(resource)
+    check_nodes(cluster, nodes)
+    used = cluster[:nodes]
+    return plan_placement({role: cfg.resource_pool[role] for role in roles_in_use(cfg)}, used, resource), used
+
+
+def build_roles(cfg: DictConfig, device: Device, plan: dict[str, list[Node]]) -> dict[str, WorkerGroup]:
+    """One WorkerGroup per role, ranks on the planned nodes.
+
+    Each rank gets an equal share of its node's CPUs as its Ray CPU resource; on CPU, torch threads
+    for the cores its role has on that node: roles run one after another within an iteration, so a
     role's ranks never compete with another role's for cores.
     """
-    roles = roles_in_use(cfg)
-    pools = {role: cfg.resource_pool[role] for role in roles}
-    check_capacity(pools, device)
-    cores = int(ray.cluster_resources().get("CPU", 1))
-    total_ranks = sum(pools.values())
+    resource = device_resource(cfg, device)
+    per_node = Counter(n.node_id for ranks in plan.values() for n in ranks)
+    cpus = {n.node_id: n.cpus for ranks in plan.values() for n in ranks}
+    cpus_per_rank = min(cpus[i] / k for i, k in per_node.items())
+    if device.kind != "cpu":
+        cpus_per_rank = min(1.0, cpus_per_rank)
     plain = OmegaConf.to_container(cfg, resolve=True)
     groups = {}
-    for role in roles:
-        if device.kind == "cpu":
-            cpus_per_rank = cores / total_ranks
-            threads = max(1, cores // pools[role])
-        else:
-            cpus_per_rank, threads = 1, 1
-        groups[role] = WorkerGroup(role, WORKER_CLASSES[role], plain, pools[role], device, cpus_per_rank, threads)
+    for role, nodes in plan.items():
+        role_per_node = Counter(n.node_id for n in nodes)
+        threads = max(1, int(min(cpus[i] // k for i, k in role_per_node.items()))) if device.kind == "cpu" else 1
+        groups[role] = WorkerGroup(role, WORKER_CLASSES[role], plain, nodes, resource, cpus_per_rank, threads)
     return {role: group.ready() for role, group in groups.items()}

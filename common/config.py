@@ -72,6 +72,7 @@ class ActorRolloutConfig:
     top_p: float = 1.0  # 1.0 = off
     missing_eos_penalty: Optional[float] = None
     no_shuffle: bool = True
+    fixed_responses: Optional[str] = None  # JSONL of stored responses replacing generation
     # optimizer (Megatron Adam, decoupled weight decay)
     lr: float = 1e-7
     min_lr: float = 0.0
@@ -129,6 +130,10 @@ class ResourcePoolConfig:
     actor_rollout: int = 1
     ref: int = 1
     reward: int = 1
+    # Ray resource counting one device per rank; None = the device's own (GPU on cuda, NPU on npu,
+    # none on cpu). A CPU run on a cluster whose nodes declare e.g. {"NPU": 8} may set NPU to be
+    # placed exactly like a device run (how multi-node placement is tested on one machine).
+    device_resource: Optional[str] = None
 
 
 @dataclass
@@ -246,6 +251,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PATH_KEYS = (
     "training.tokenizer_name_or_path",
     "actor_rollout_ref.actor_rollout.data_path",
+    "actor_rollout_ref.actor_rollout.fixed_responses",
     "actor_rollout_ref.actor_rollout.load",
     "actor_rollout_ref.ref.load",
     "reward.load",

@@ -48,6 +48,9 @@ class RunWriter:
         self._metrics.write(json.dumps(row) + "\n")
         self._metrics.flush()
 
+    def json(self, name: str, obj: dict) -> None:
+        (self.dir / name).write_text(json.dumps(obj, indent=1) + "\n")
+
     def rollouts(self, rows: list[dict]) -> None:
         self._rollouts.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         self._rollouts.flush()

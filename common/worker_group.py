@@ -1,8 +1,7 @@
 """Declared placement and the group of Ray workers that make up one role.
 
-One placement group per role (``resource_pool.<role>`` bundles, one device each); the driver
-checks the cluster can hold every pool before any worker starts, so a shortfall fails in seconds
-instead of hanging. A ``WorkerGroup`` starts one long-lived worker per rank, forms the role's
+One placement group per role (``resource_pool.<role>`` bundles, one device each, each pinned to
+the node the placement plan gave its rank: common/placement.py). A ``WorkerGroup`` starts one long-lived worker per rank, forms the role's
 torch.distributed world, and dispatches coarse calls: each data-parallel rank gets its own slice.
 """
 
@@ -14,41 +13,27 @@ import ray
 from ray.util.placement_group import placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from common.device import Device
+from common.placement import NODE_ID_LABEL, Node
 from common.sequences import split
 
 
-def bundle(device: Device, cpus: float) -> dict[str, float]:
-    b = {"CPU": cpus}
-    if device.ray_resource is not None:
-        b[device.ray_resource] = 1
-    return b
-
-
-def check_capacity(pools: dict[str, int], device: Device) -> None:
-    """Fail fast, naming the role and the shortfall, when the cluster lacks devices."""
-    total = ray.cluster_resources()
-    kind = device.ray_resource or "CPU"
-    have = total.get(kind, 0)
-    need = sum(pools.values())
-    if device.ray_resource is not None and need > have:
-        detail = ", ".join(f"{role} needs {n}" for role, n in pools.items())
-        raise ValueError(
-            f"the Ray cluster has {have:g} {kind} devices but the roles need {need} ({detail}); "
-            f"short by {need - have:g}: lower resource_pool.* or add nodes"
-        )
-
-
 class WorkerGroup:
-    def __init__(self, role: str, worker_cls: type, cfg: dict, ranks: int, device: Device, cpus_per_rank: float, num_threads: int):
+    def __init__(self, role: str, worker_cls: type, cfg: dict, nodes: list[Node], device_resource: str | None, cpus_per_rank: float, num_threads: int):
+        """One worker per entry of ``nodes`` (rank i runs on ``nodes[i]``, pinned by node id)."""
         self.role = role
-        self.pg = placement_group([bundle(device, cpus_per_rank)] * ranks, strategy="PACK", name=f"odpo-{role}")
+        ranks = len(nodes)
+        self.pg = placement_group(
+            [{"CPU": cpus_per_rank, **({device_resource: 1} if device_resource else {})}] * ranks,
+            strategy="PACK",
+            bundle_label_selector=[{NODE_ID_LABEL: n.node_id} for n in nodes],
+            name=f"odpo-{role}",
+        )
         ray.get(self.pg.ready(), timeout=120)
         remote_cls = ray.remote(worker_cls)
         self.workers = [
             remote_cls.options(
                 num_cpus=cpus_per_rank,
-                resources={device.ray_resource: 1} if device.ray_resource else None,
+                resources={device_resource: 1} if device_resource else None,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
                 name=f"{role}-{i}",
             ).remote(role, cfg, i, ranks, num_threads)
@@ -78,5 +63,6 @@ class WorkerGroup:
         by_dp = {lay["dp_rank"]: r for lay, r in zip(self.layouts, results) if lay["is_output"]}
         return [by_dp[d] for d in range(self.dp_size)]
 
-    def nodes(self) -> list[str]:
-        return [lay["node_ip"] for lay in self.layouts]
+    def node_ids(self) -> list[str]:
+        """Node id each rank actually runs on (checked against the plan by tests)."""
+        return [lay["node_id"] for lay in self.layouts]

@@ -22,13 +22,15 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from common.cli import parse_args  # noqa: E402
-from common.cluster import build_roles, start_ray  # noqa: E402
+from common.cluster import build_roles, plan_roles, start_ray  # noqa: E402
 from common.config import data_parallel_size, load_config, max_new_tokens  # noqa: E402
 from common.device import resolve_device  # noqa: E402
 from common.dpo import dpo_metrics  # noqa: E402
 from common.expected_curve import load_expected  # noqa: E402
+from common.fixed_responses import fixed_response_ids  # noqa: E402
 from common.outputs import RunWriter, new_run_dir, plot_loss  # noqa: E402
 from common.pairs import apply_missing_eos_penalty, select_pairs  # noqa: E402
+from common.placement import describe, placement_record  # noqa: E402
 from common.prompts import PromptStream, filter_long_prompts, prompt_text, read_prompts  # noqa: E402
 from common.rewards import call_reward_function, load_reward_function  # noqa: E402
 from common.sequences import Sequence, has_eos, split  # noqa: E402
@@ -53,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     if not prompt_ids:
         raise ValueError(f"{actor_cfg.data_path}: every prompt is longer than max_prompt_length={actor_cfg.max_prompt_length}")
     stream = PromptStream(prompt_ids, raw_prompts, t.global_batch_size, shuffle=not actor_cfg.no_shuffle, seed=t.seed)
+    n, new_tokens = actor_cfg.n_samples_per_prompt, max_new_tokens(cfg)
+    fixed = fixed_response_ids(actor_cfg.fixed_responses, tok, raw_prompts, n, new_tokens) if actor_cfg.fixed_responses else None
     reward_fn = load_reward_function(cfg.reward.function) if cfg.reward.function else None
     device = resolve_device(t.device)
     run_dir = new_run_dir(RECIPE_DIR.name, args.out)
@@ -62,11 +66,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- roles on Ray ---------------------------------------------------------------------------
     start_ray(args.nodes)
-    groups = build_roles(cfg, device)
+    plan, nodes = plan_roles(cfg, device, args.nodes)
+    print("placement:\n" + describe(plan, nodes), flush=True)
+    groups = build_roles(cfg, device, plan)
+    writer.json("placement.json", placement_record(plan, {role: g.node_ids() for role, g in groups.items()}, nodes))
     actor, ref, reward = groups["actor_rollout"], groups["ref"], groups.get("reward")
-    for role, group in groups.items():
-        print(f"  {role}: {len(group.workers)} rank(s) on node(s) {sorted(set(group.nodes()))}", flush=True)
-    n, new_tokens = actor_cfg.n_samples_per_prompt, max_new_tokens(cfg)
     mini_per_rank = actor_cfg.ppo_mini_batch_size // data_parallel_size(cfg, "actor_rollout")
 
     bar = tqdm(range(1, t.train_iters + 1), desc=RECIPE_DIR.name, unit="it", dynamic_ncols=True)
@@ -85,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
 
             # 1. rollout: responses[i][j] = sample j of prompt i (explicit indices end to end)
             with phase("generate"):
-                responses = actor.run_sharded("generate", batch.ids, n, new_tokens, step, eos_ids)
+                if fixed is None:
+                    responses = actor.run_sharded("generate", batch.ids, n, new_tokens, step, eos_ids)
+                else:  # accuracy-comparison mode: stored responses instead of sampling
+                    responses = [fixed[i] for i in batch.indices]
             seqs_PN = [[Sequence(batch.ids[i], responses[i][j]) for j in range(n)] for i in range(P)]
             eos_PN = torch.tensor([[has_eos(r, set(eos_ids)) for r in row] for row in responses])
             texts_PN = [[tok.decode(r, skip_special_tokens=True) for r in row] for row in responses]

@@ -1,0 +1,61 @@
+"""Placement: a plan decided before workers start, and Ray honouring it on a simulated cluster."""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from common.placement import Node, plan_placement
+from conftest import ROOT
+
+
+def nodes(*devices):
+    return [Node(f"id{i}", f"10.0.0.{i}", d, 8) for i, d in enumerate(devices)]
+
+
+def test_roles_fill_nodes_in_declared_order():
+    plan = plan_placement({"actor_rollout": 8, "ref": 4, "reward": 4}, nodes(8, 8), "NPU")
+    assert [n.node_id for n in plan["actor_rollout"]] == ["id0"] * 8
+    assert [n.node_id for n in plan["ref"]] == ["id1"] * 4
+    assert [n.node_id for n in plan["reward"]] == ["id1"] * 4
+
+
+def test_shortfall_names_the_need_and_the_gap():
+    with pytest.raises(ValueError, match=r"need 16 NPU slots \(actor_rollout 8, ref 4, reward 4\).*have 12; short by 4"):
+        plan_placement({"actor_rollout": 8, "ref": 4, "reward": 4}, nodes(8, 4), "NPU")
+
+
+def test_cpu_ranks_spread_evenly_without_a_device_resource():
+    plan = plan_placement({"actor_rollout": 2, "ref": 1, "reward": 1}, nodes(2, 2), None)
+    assert [n.node_id for n in plan["actor_rollout"]] == ["id0", "id0"]
+    assert [n.node_id for n in plan["ref"] + plan["reward"]] == ["id1", "id1"]
+
+
+@pytest.fixture
+def two_node_cluster():
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"NPU": 2}})
+    cluster.add_node(num_cpus=1, resources={"NPU": 2})
+    cluster.wait_for_nodes()
+    yield cluster
+    cluster.shutdown()
+
+
+def test_tiny_across_two_simulated_nodes_lands_where_planned(two_node_cluster, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "RAY_ADDRESS": two_node_cluster.address}
+    proc = subprocess.run(
+        [str(ROOT / "run.sh"), "tiny", "--nodes", "2", "--out", str(out), "resource_pool.device_resource=NPU", "training.train_iters=2"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    record = json.loads((out / "placement.json").read_text())
+    roles = record["roles"]
+    # the plan: actor's 2 ranks fill node 0 (2 NPUs), ref and reward share node 1
+    assert [r["planned_node"] for r in roles["actor_rollout"]] == [0, 0]
+    assert [r["planned_node"] for r in roles["ref"] + roles["reward"]] == [1, 1]
+    for ranks in roles.values():
+        assert all(r["node"] == r["planned_node"] for r in ranks)
+    assert len({n["node_id"] for n in record["nodes"]}) == 2
