@@ -401,9 +401,10 @@ def _validate_role_layout(cfg: DictConfig, role: str) -> None:
         )
     if arch.num_layers % pp:
         raise ValueError(f"role {role}: PP={pp} must divide num_layers={arch.num_layers}")
-    if pp > 1:
+    if pp > 1 and role == "actor_rollout":
         raise ValueError(
-            f"role {role}: pipeline_model_parallel_size={pp} is not supported yet; set it to 1"
+            f"role {role}: pipeline_model_parallel_size={pp}: the actor generates on its training ranks, "
+            "and generation needs PP=1; set actor_rollout_ref.actor_rollout.pipeline_model_parallel_size=1"
         )
 
 

@@ -193,10 +193,18 @@ def _is_vocab_param(name: str, scalar_head: bool) -> bool:
     return name == "output_layer.weight" and not scalar_head
 
 
-def _shard(name: str, full: torch.Tensor, padded_vocab: int, scalar_head: bool) -> torch.Tensor:
-    """This TP rank's shard of parameter `name`, given its full (TP=1, unpadded) tensor."""
-    rank = parallel_state.get_tensor_model_parallel_rank()
-    tp = parallel_state.get_tensor_model_parallel_world_size()
+def _shard(
+    name: str, full: torch.Tensor, padded_vocab: int, scalar_head: bool,
+    *, rank: int | None = None, tp: int | None = None,
+) -> torch.Tensor:
+    """This TP rank's shard of parameter `name`, given its full (TP=1, unpadded) tensor.
+
+    `rank`/`tp` default to this process's TP position; pass them to shard offline (converter).
+    """
+    if rank is None:
+        rank = parallel_state.get_tensor_model_parallel_rank()
+    if tp is None:
+        tp = parallel_state.get_tensor_model_parallel_world_size()
     if _is_vocab_param(name, scalar_head):
         # Vocab-parallel rows; padded rows are zeros.
         full = F.pad(full, (0, 0, 0, padded_vocab - full.shape[0]))
@@ -211,6 +219,23 @@ def _shard(name: str, full: torch.Tensor, padded_vocab: int, scalar_head: bool) 
     if name.endswith(("self_attention.linear_proj.weight", "mlp.linear_fc2.weight")):
         return full.chunk(tp, dim=1)[rank]  # row-parallel: input columns are split
     return full  # norms and the scalar reward head are replicated
+
+
+def merge_shards(
+    name: str, shards: list[torch.Tensor], vocab_size: int, scalar_head: bool
+) -> torch.Tensor:
+    """The full (TP=1, unpadded) tensor of parameter `name` from its TP shards (rank order);
+    the exact inverse of `_shard`."""
+    if _is_vocab_param(name, scalar_head):
+        return torch.cat(shards, dim=0)[:vocab_size]
+    if name.endswith("self_attention.linear_qkv.weight"):
+        return torch.cat(shards, dim=0)
+    if name.endswith("mlp.linear_fc1.weight"):
+        gates, ups = zip(*(shard.chunk(2, dim=0) for shard in shards))
+        return torch.cat([*gates, *ups], dim=0)
+    if name.endswith(("self_attention.linear_proj.weight", "mlp.linear_fc2.weight")):
+        return torch.cat(shards, dim=1)
+    return shards[0]
 
 
 def _full_shape(name: str, local: torch.Size, arch: LlamaArch, scalar_head: bool) -> tuple:
@@ -315,6 +340,10 @@ class RewardModel(torch.nn.Module):
     def __init__(self, gpt: GPTModel):
         super().__init__()
         self.gpt = gpt
+
+    @property
+    def config(self):  # Megatron's schedules read the model's TransformerConfig
+        return self.gpt.config
 
     def set_input_tensor(self, input_tensor) -> None:  # pipeline schedules call this
         self.gpt.set_input_tensor(input_tensor)

@@ -285,3 +285,27 @@ class PromptStream:
                              f"0..{len(self.prompt_ids)}; the saved state is corrupt")
         self.epoch, self.position = d["epoch"], d["position"]
         self._order = self._epoch_order(self.epoch)
+
+
+# ----------------------------------------------------------------------------- what training loads
+
+
+def load_prompt_dataset(path: str, tok, max_prompt_length: int) -> tuple[list[list[int]], list, int]:
+    """Prompts for training: ``(prompt ids, raw prompts for logging, number dropped as too long)``.
+
+    ``path`` is a raw ``.parquet``/``.jsonl``/``.json`` file (read, checked, rendered with
+    ``render_prompt_ids`` and filtered here) or a folder written by ``python -m data.prepare``
+    (ids memory-mapped from its Arrow file; refused if it was tokenized by another tokenizer).
+    Prompts longer than ``max_prompt_length`` are dropped; for a prepared folder the count
+    includes the rows its preparation dropped.
+    """
+    if os.path.isdir(path):
+        from data.dataset import read_prepared  # the prepared format lives with its writer, in data/
+
+        ids, raw, manifest = read_prepared(path, tok)
+        ids, raw, dropped = filter_long_prompts(ids, raw, max_prompt_length)
+        return ids, raw, dropped + manifest["counts"]["dropped_too_long"]
+    from common.tokenizer import render_prompt_ids  # common.tokenizer imports this module
+
+    raw = read_prompts(path)
+    return filter_long_prompts([render_prompt_ids(tok, p) for p in raw], raw, max_prompt_length)

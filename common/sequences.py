@@ -8,7 +8,7 @@ comes with an explicit validity or response mask.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -26,9 +26,11 @@ class PaddedBatch:
     response_BT1: torch.Tensor  # True where target token t+1 is a response token (aligns with token_logprobs)
     prompt_len_B: torch.Tensor
     total_len_B: torch.Tensor
+    aux: dict = field(default_factory=dict)  # per-row values a loss needs (e.g. reference log-probs)
 
     def to(self, device: torch.device) -> "PaddedBatch":
-        return PaddedBatch(*(x.to(device) for x in (self.ids_BT, self.valid_BT, self.response_BT1, self.prompt_len_B, self.total_len_B)))
+        tensors = (self.ids_BT, self.valid_BT, self.response_BT1, self.prompt_len_B, self.total_len_B)
+        return PaddedBatch(*(x.to(device) for x in tensors), aux={k: v.to(device) for k, v in self.aux.items()})
 
 
 def pad_batch(seqs: list[Sequence], pad_id: int = 0) -> PaddedBatch:

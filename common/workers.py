@@ -18,7 +18,8 @@ from omegaconf import OmegaConf
 from common.config import role_section
 from common.device import resolve_device
 from common.dpo import dpo_losses
-from common.sequences import Sequence, chunks, pad_batch, score_positions, summed_response_logps
+from common.schedule import run_microbatches
+from common.sequences import PaddedBatch, Sequence, chunks, pad_batch, score_positions, summed_response_logps
 
 
 class RoleWorker:
@@ -84,16 +85,33 @@ class RoleWorker:
 
         return LlamaArch(**OmegaConf.to_container(node))
 
-    @torch.no_grad()
-    def _sequence_logps(self, model, seqs: list[Sequence]) -> torch.Tensor:
-        from common.logprobs import token_logprobs
+    def _build(self, load: str | None, *, reward: bool, seed: int):
+        """A policy or reward model: random init from the config's architecture, or the weights at
+        ``load`` (a Hugging Face directory or this project's checkpoint; architecture read from it)."""
+        from common.model import build_policy, build_reward_model
 
+        builder = build_reward_model if reward else build_policy
+        device = None if self.device.kind == "cpu" else self.device.torch_device()
+        if load is None:
+            arch = self._arch(self.cfg.reward.model if reward else self.cfg.model)
+            return builder(arch, dtype=self.dtype, seed=seed, device=device)
+        from common.convert import arch_from_path, load_into_model
+
+        arch, _ = arch_from_path(load)  # the kind was checked by the driver before Ray started
+        model = builder(arch, dtype=self.dtype, seed=seed, device=device)
+        load_into_model(model, load, arch)
+        return model
+
+    def _micro_batches(self, seqs: list[Sequence], aux: dict[str, list] | None = None) -> list[PaddedBatch]:
+        """Padded micro-batches of ``2 * micro_batch_size`` sequences (a micro-batch is counted in pairs)."""
+        size = self.section.micro_batch_size * 2
         out = []
-        for mb in chunks(seqs, self.section.micro_batch_size * 2):
-            batch = pad_batch(mb).to(self.device.torch_device())
-            logps_BT1 = token_logprobs(model, batch.ids_BT, batch.valid_BT)
-            out.append(summed_response_logps(logps_BT1, batch).cpu())
-        return torch.cat(out)
+        for start in range(0, len(seqs), size):
+            batch = pad_batch(seqs[start : start + size])
+            for key, values in (aux or {}).items():
+                batch.aux[key] = torch.tensor(values[start : start + size])
+            out.append(batch.to(self.device.torch_device()))
+        return out
 
 
 class ActorWorker(RoleWorker):
@@ -104,22 +122,21 @@ class ActorWorker(RoleWorker):
     """
 
     def build(self) -> None:
-        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
         from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
         from common.config import optimizer_steps_per_iter
-        from common.model import build_policy
 
         a = self.cfg.actor_rollout_ref.actor_rollout
-        if a.load is not None:
-            raise ValueError("actor_rollout_ref.actor_rollout.load: loading weights is not supported yet; leave it null")
-        policy = build_policy(self._arch(self.cfg.model), dtype=self.dtype, seed=self.cfg.training.seed)
+        policy = self._build(a.load, reward=False, seed=self.cfg.training.seed)
         self.model = DistributedDataParallel(
             config=policy.config,
             ddp_config=DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False),
             module=policy,
         )
+        # the schedules call this after the last backward: DP all-reduce, tied-embedding grads (PP)
+        policy.config.finalize_model_grads_func = finalize_model_grads
         self.optimizer = get_megatron_optimizer(
             OptimizerConfig(
                 optimizer="adam",
@@ -180,37 +197,41 @@ class ActorWorker(RoleWorker):
     def train(self, pairs: list[dict], mini_batch_size: int) -> dict[str, Any]:
         """DPO updates on this rank's pairs; ``mini_batch_size`` pairs per optimizer step on this rank.
 
-        Each pair: ``prompt_ids, chosen_ids, rejected_ids, ref_chosen, ref_rejected``. Returns the
-        policy's summed log-probs per pair (from the forward pass used for the update), grad norms
-        and the learning rate.
+        Each pair: ``prompt_ids, chosen_ids, rejected_ids, ref_chosen, ref_rejected``. A micro-batch
+        of k pairs is one forward of 2k sequences (k chosen, then k rejected). Returns the policy's
+        summed log-probs per pair from the forward pass used for the update (meaningful on the last
+        pipeline stage), grad norms and the learning rate.
         """
-        from common.logprobs import token_logprobs
-
         a, alg = self.cfg.actor_rollout_ref.actor_rollout, self.cfg.algorithm
+
+        def dpo_loss(batch: PaddedBatch, logps_BT1: torch.Tensor):
+            logps_S = summed_response_logps(logps_BT1, batch)
+            k = logps_S.shape[0] // 2
+            losses_B = dpo_losses(
+                logps_S[:k], logps_S[k:], batch.aux["ref"][:k], batch.aux["ref"][k:], beta=alg.beta, loss_type=alg.loss_type
+            )
+            # mean over the micro-batch; the schedule averages micro-batches, Megatron DDP the DP ranks
+            return losses_B.mean(), {"chosen": logps_S[:k].detach(), "rejected": logps_S[k:].detach()}
+
         policy_chosen, policy_rejected, grad_norms = [], [], []
         for _ in range(a.ppo_epochs):
             for mini in chunks(pairs, mini_batch_size):
+                seqs, refs = [], []
+                for micro in chunks(mini, a.micro_batch_size):
+                    seqs += [Sequence(p["prompt_ids"], p["chosen_ids"]) for p in micro]
+                    seqs += [Sequence(p["prompt_ids"], p["rejected_ids"]) for p in micro]
+                    refs += [p["ref_chosen"] for p in micro] + [p["ref_rejected"] for p in micro]
                 self.model.zero_grad_buffer()
                 self.optimizer.zero_grad()
-                for micro in chunks(mini, a.micro_batch_size):
-                    seqs = [Sequence(p["prompt_ids"], p["chosen_ids"]) for p in micro]
-                    seqs += [Sequence(p["prompt_ids"], p["rejected_ids"]) for p in micro]
-                    batch = pad_batch(seqs).to(self.device.torch_device())
-                    logps_S = summed_response_logps(token_logprobs(self.model, batch.ids_BT, batch.valid_BT), batch)
-                    chosen_B, rejected_B = logps_S[: len(micro)], logps_S[len(micro) :]
-                    ref_c = logps_S.new_tensor([p["ref_chosen"] for p in micro])
-                    ref_r = logps_S.new_tensor([p["ref_rejected"] for p in micro])
-                    losses_B = dpo_losses(chosen_B, rejected_B, ref_c, ref_r, beta=alg.beta, loss_type=alg.loss_type)
-                    # mean over the mini-batch; Megatron DDP averages over data-parallel ranks
-                    (losses_B.sum() / len(mini)).backward()
-                    policy_chosen += chosen_B.detach().tolist()
-                    policy_rejected += rejected_B.detach().tolist()
-                self.model.finish_grad_sync()
+                stats = run_microbatches(self.model, self._micro_batches(seqs, {"ref": refs}), dpo_loss, forward_only=False)
                 ok, grad_norm, _ = self.optimizer.step()
                 if not ok:
                     raise RuntimeError("optimizer step skipped (inf/nan gradients)")
                 self.scheduler.step(increment=1)
                 grad_norms.append(float(grad_norm) if grad_norm is not None else float("nan"))
+                for s in stats:
+                    policy_chosen += s["chosen"].tolist()
+                    policy_rejected += s["rejected"].tolist()
         return {
             "policy_chosen": policy_chosen,
             "policy_rejected": policy_rejected,
@@ -223,43 +244,43 @@ class ReferenceWorker(RoleWorker):
     """Frozen copy of the starting policy: summed response log-probs, no temperature scaling."""
 
     def build(self) -> None:
-        from common.model import build_policy
-
-        if self.cfg.actor_rollout_ref.ref.load is not None:
-            raise ValueError("actor_rollout_ref.ref.load: loading weights is not supported yet; leave it null")
-        # same architecture and seed as the actor -> the actor's starting weights, for any TP
-        self.model = build_policy(self._arch(self.cfg.model), dtype=self.dtype, seed=self.cfg.training.seed)
+        # default: the actor's starting weights (same load, or same architecture and seed: weights
+        # are identical for any TP/PP layout)
+        load = self.cfg.actor_rollout_ref.ref.load or self.cfg.actor_rollout_ref.actor_rollout.load
+        self.model = self._build(load, reward=False, seed=self.cfg.training.seed)
         self.model.eval()
         self.model.requires_grad_(False)
 
+    @torch.no_grad()
     def logps(self, seqs: list[Sequence]) -> list[float]:
-        return self._sequence_logps(self.model, seqs).tolist()
+        """Summed response log-probs per sequence (last pipeline stage; [] on the others)."""
+
+        def collect(batch: PaddedBatch, logps_BT1: torch.Tensor):
+            return logps_BT1.new_zeros(()), {"logps": summed_response_logps(logps_BT1, batch)}
+
+        stats = run_microbatches(self.model, self._micro_batches(seqs), collect, forward_only=True)
+        return [x for s in stats for x in s["logps"].cpu().tolist()]
 
 
 class RewardWorker(RoleWorker):
     """Reward model: the head's output at the score position of each response."""
 
     def build(self) -> None:
-        from common.model import build_reward_model
-
-        if self.cfg.reward.load is not None:
-            raise ValueError("reward.load: loading weights is not supported yet; leave it null")
-        self.model = build_reward_model(self._arch(self.cfg.reward.model), dtype=self.dtype, seed=self.cfg.training.seed + 1)
+        self.model = self._build(self.cfg.reward.load, reward=True, seed=self.cfg.training.seed + 1)
         self.model.eval()
         self.model.requires_grad_(False)
 
     @torch.no_grad()
     def scores(self, seqs: list[Sequence], eos_ids: list[int]) -> list[float]:
-        from common.logprobs import logprob_inputs
+        """The head's output at each sequence's score position (last pipeline stage; [] on others)."""
+        positions = score_positions(seqs, set(eos_ids), self.cfg.reward.score_position).tolist()
 
-        out = []
-        for mb in chunks(seqs, self.section.micro_batch_size * 2):
-            batch = pad_batch(mb).to(self.device.torch_device())
-            pos_B = score_positions(mb, set(eos_ids), self.cfg.reward.score_position)
-            position_ids_BT, mask, _ = logprob_inputs(batch.ids_BT, batch.valid_BT)
-            scores_BT = self.model(batch.ids_BT, position_ids_BT, mask)
-            out.append(scores_BT.gather(1, pos_B.to(scores_BT.device)[:, None]).squeeze(1).float().cpu())
-        return torch.cat(out).tolist()
+        def collect(batch: PaddedBatch, scores_BT: torch.Tensor):
+            picked_B = scores_BT.gather(1, batch.aux["pos"][:, None]).squeeze(1).float()
+            return scores_BT.new_zeros(()), {"scores": picked_B}
+
+        stats = run_microbatches(self.model, self._micro_batches(seqs, {"pos": positions}), collect, forward_only=True, output="scores")
+        return [x for s in stats for x in s["scores"].cpu().tolist()]
 
 
 WORKER_CLASSES = {"actor_rollout": ActorWorker, "ref": ReferenceWorker, "reward": RewardWorker}

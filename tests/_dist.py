@@ -58,12 +58,24 @@ def run_world(fn, *args, world_size: int, tp: int, pp: int = 1, timeout: float =
         proc.start()
     out = [None] * world_size
     deadline = time.monotonic() + timeout
+    gone_since = None
     try:
         for _ in range(world_size):
-            try:
-                rank, ok, payload = results.get(timeout=max(deadline - time.monotonic(), 0.1))
-            except queue.Empty:
-                raise TimeoutError(f"world of {world_size} ranks did not finish in {timeout}s")
+            while True:
+                try:
+                    rank, ok, payload = results.get(timeout=1.0)
+                    break
+                except queue.Empty:
+                    # a rank that died without reporting (crash in start-up, signal) fails the call now
+                    dead = [(r, p.exitcode) for r, p in enumerate(procs) if p.exitcode not in (None, 0) and out[r] is None]
+                    if dead:
+                        raise RuntimeError(f"rank(s) exited without a result (rank, exit code): {dead}")
+                    if all(p.exitcode is not None for p in procs):
+                        gone_since = gone_since or time.monotonic()
+                        if time.monotonic() - gone_since > 10:
+                            raise RuntimeError(f"all ranks exited but only {sum(o is not None for o in out)} of {world_size} reported")
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"world of {world_size} ranks did not finish in {timeout}s")
             if not ok:
                 raise RuntimeError(f"rank {rank} failed:\n{payload}")
             out[rank] = payload

@@ -31,10 +31,11 @@ from common.fixed_responses import fixed_response_ids  # noqa: E402
 from common.outputs import RunWriter, new_run_dir, plot_loss  # noqa: E402
 from common.pairs import apply_missing_eos_penalty, select_pairs  # noqa: E402
 from common.placement import describe, placement_record  # noqa: E402
-from common.prompts import PromptStream, filter_long_prompts, prompt_text, read_prompts  # noqa: E402
+from common.preflight import check_weights  # noqa: E402
+from common.prompts import PromptStream, load_prompt_dataset, prompt_text  # noqa: E402
 from common.rewards import call_reward_function, load_reward_function  # noqa: E402
 from common.sequences import Sequence, has_eos, split  # noqa: E402
-from common.tokenizer import load_tokenizer, render_prompt_ids, stop_token_ids  # noqa: E402
+from common.tokenizer import load_tokenizer, stop_token_ids  # noqa: E402
 
 RECIPE_DIR = Path(__file__).resolve().parent
 
@@ -46,14 +47,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- everything that can fail cheaply, before Ray starts -----------------------------------
     tok = load_tokenizer(t.tokenizer_name_or_path)
-    if len(tok) > cfg.model.vocab_size:
-        raise ValueError(f"model.vocab_size={cfg.model.vocab_size} < tokenizer size {len(tok)}; raise model.vocab_size")
+    check_weights(cfg, len(tok))
     eos_ids = stop_token_ids(tok)
-    raw_prompts = read_prompts(actor_cfg.data_path)
-    prompt_ids = [render_prompt_ids(tok, p) for p in raw_prompts]
-    prompt_ids, raw_prompts, dropped = filter_long_prompts(prompt_ids, raw_prompts, actor_cfg.max_prompt_length)
-    if not prompt_ids:
-        raise ValueError(f"{actor_cfg.data_path}: every prompt is longer than max_prompt_length={actor_cfg.max_prompt_length}")
+    prompt_ids, raw_prompts, dropped = load_prompt_dataset(actor_cfg.data_path, tok, actor_cfg.max_prompt_length)
     stream = PromptStream(prompt_ids, raw_prompts, t.global_batch_size, shuffle=not actor_cfg.no_shuffle, seed=t.seed)
     n, new_tokens = actor_cfg.n_samples_per_prompt, max_new_tokens(cfg)
     fixed = fixed_response_ids(actor_cfg.fixed_responses, tok, raw_prompts, n, new_tokens) if actor_cfg.fixed_responses else None

@@ -1,0 +1,65 @@
+"""Checks that need files (tokenizer, weights) but no model: run by the driver before Ray starts,
+so a missing download or a mismatched checkpoint fails in seconds with the fix in the message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from common.config import role_section, roles_in_use
+
+LOAD_KEYS = {
+    "actor_rollout": "actor_rollout_ref.actor_rollout.load",
+    "ref": "actor_rollout_ref.ref.load",
+    "reward": "reward.load",
+}
+CONVERT_HINT = (
+    "download the Hugging Face model into that folder (e.g. `huggingface-cli download <repo-id> --local-dir {path}`), "
+    "or convert one with `python -m tools.convert_checkpoint hf-to-mcore --hf <hf-dir> --out {path} --tp <TP> --pp <PP>`"
+)
+
+
+def check_weights(cfg: DictConfig, tokenizer_size: int) -> dict[str, int]:
+    """Every role's ``load`` exists, is the right kind, fits the role's TP/PP and the tokenizer.
+
+    Returns the vocabulary size each role's model will have (for the log).
+    """
+    vocab = {}
+    for role in roles_in_use(cfg):
+        path = role_section(cfg, role).load
+        if role == "ref" and path is None:
+            path = cfg.actor_rollout_ref.actor_rollout.load
+        if path is None:
+            arch = cfg.reward.model if role == "reward" else cfg.model
+            vocab[role] = arch.vocab_size
+            _check_vocab(role, "model" if role != "reward" else "reward.model", arch.vocab_size, tokenizer_size)
+            continue
+        key = LOAD_KEYS[role]
+        if not Path(path).exists():
+            raise ValueError(f"{key}={path}: not found; " + CONVERT_HINT.format(path=path))
+        from common.convert import arch_from_path
+
+        arch, is_reward = arch_from_path(path)
+        want_reward = role == "reward"
+        if is_reward != want_reward:
+            kind = "a reward model (sequence classification)" if is_reward else "a causal language model"
+            raise ValueError(f"{key}={path}: is {kind}, but role {role} needs {'a reward model' if want_reward else 'a causal language model'}")
+        sec = role_section(cfg, role)
+        tp, pp = sec.tensor_model_parallel_size, sec.pipeline_model_parallel_size
+        if arch.num_query_groups % tp or arch.num_attention_heads % tp or arch.num_layers % pp:
+            raise ValueError(
+                f"{key}={path}: {arch.num_attention_heads} heads / {arch.num_query_groups} KV groups / "
+                f"{arch.num_layers} layers do not split over TP={tp}, PP={pp}; change the role's parallel sizes"
+            )
+        _check_vocab(role, key, arch.vocab_size, tokenizer_size)
+        vocab[role] = arch.vocab_size
+    return vocab
+
+
+def _check_vocab(role: str, where: str, vocab_size: int, tokenizer_size: int) -> None:
+    if vocab_size < tokenizer_size:
+        raise ValueError(
+            f"{where}: vocabulary of {vocab_size} < tokenizer size {tokenizer_size} (role {role}); "
+            "use the model's own tokenizer (training.tokenizer_name_or_path) or a larger vocabulary"
+        )

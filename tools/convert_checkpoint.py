@@ -1,0 +1,100 @@
+"""Convert Llama-3-family checkpoints between Hugging Face format and this project's Megatron format.
+
+    python -m tools.convert_checkpoint hf-to-mcore --hf DIR --out DIR --tp N --pp N [--dtype fp32|bf16|fp16]
+    python -m tools.convert_checkpoint mcore-to-hf --ckpt DIR --out DIR [--tokenizer DIR] [--dtype ...]
+    python -m tools.convert_checkpoint reshard     --ckpt DIR --out DIR --tp N --pp N
+
+The kind follows the HF config: LlamaForCausalLM -> policy, LlamaForSequenceClassification with
+num_labels=1 -> reward model (its `score` head is our ScalarHead). Tensors keep their dtype unless
+--dtype is given (the workers cast on load). The Megatron format (one safetensors file per
+(TP rank, PP stage) + arch.json + meta.json) is described in common/convert.py; it loads into any
+TP/PP, so --tp/--pp here only choose the fast path (a direct shard copy). Runs in one process on
+CPU, no torch.distributed; peak memory is about two pipeline stages' weights.
+
+Examples (Llama-3.2-1B: 8 KV heads, 16 layers; Llama-3-8B: 8 KV heads, 32 layers):
+
+    python -m tools.convert_checkpoint hf-to-mcore --hf models/Llama-3.2-1B-Instruct --out ckpt/llama32_1b_tp4 --tp 4 --pp 1
+    python -m tools.convert_checkpoint hf-to-mcore --hf models/Meta-Llama-3-8B-Instruct --out ckpt/llama3_8b_tp8_pp2 --tp 8 --pp 2
+    python -m tools.convert_checkpoint mcore-to-hf --ckpt ckpt/llama3_8b_tp8_pp2 --out export/llama3_8b --tokenizer models/Meta-Llama-3-8B-Instruct --dtype bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="tensor", file=sys.stderr)
+
+
+def _dtype(name: str | None):
+    from common.convert import DTYPES
+
+    return None if name is None else DTYPES[name]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.convert_checkpoint", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1],
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    to_mcore = sub.add_parser("hf-to-mcore", help="HF model directory -> Megatron checkpoint (TP x PP)")
+    to_mcore.add_argument("--hf", required=True, help="HF directory: config.json + *.safetensors")
+    to_mcore.add_argument("--out", required=True, help="checkpoint directory to write (replaced if it exists)")
+    to_mcore.add_argument("--tp", type=int, default=1, help="tensor-parallel size (divides the KV-head count)")
+    to_mcore.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (divides the layer count)")
+    to_mcore.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="cast tensors (default: keep)")
+    to_hf = sub.add_parser("mcore-to-hf", help="Megatron checkpoint (any TP x PP) -> HF model directory")
+    to_hf.add_argument("--ckpt", required=True, help="checkpoint directory (meta.json, arch.json, model_tp*_pp*.safetensors)")
+    to_hf.add_argument("--out", required=True, help="HF directory to write (replaced if it exists)")
+    to_hf.add_argument("--tokenizer", help="HF tokenizer directory whose files (and chat template) are copied")
+    to_hf.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="cast tensors (default: keep)")
+    reshard = sub.add_parser("reshard", help="Megatron checkpoint -> the same weights for another TP x PP")
+    reshard.add_argument("--ckpt", required=True)
+    reshard.add_argument("--out", required=True)
+    reshard.add_argument("--tp", type=int, required=True)
+    reshard.add_argument("--pp", type=int, required=True)
+    args = parser.parse_args(argv)
+
+    from common import convert
+
+    if args.command == "hf-to-mcore":
+        cfg = convert.read_hf_config(args.hf)
+        arch = convert.arch_from_hf_config(cfg)
+        reward = convert.is_reward_config(cfg)
+        total = len(convert.megatron_param_names(arch, reward=reward)) + (
+            1 if arch.tie_word_embeddings and args.pp > 1 else 0
+        )
+        with _progress(total, f"hf-to-mcore tp={args.tp} pp={args.pp}") as bar:
+            convert.import_hf(args.hf, args.out, tp=args.tp, pp=args.pp, dtype=_dtype(args.dtype), progress=bar.update)
+        kind = "reward model" if reward else "policy"
+        print(f"wrote {args.out}: {kind}, {arch.num_layers} layers, tp={args.tp} pp={args.pp}")
+    elif args.command == "mcore-to-hf":
+        reader = convert.CheckpointReader(args.ckpt)
+        total = len(convert.megatron_param_names(reader.arch, reward=reader.reward))
+        with _progress(total, "mcore-to-hf") as bar:
+            convert.export_hf(args.ckpt, args.out, args.tokenizer, dtype=_dtype(args.dtype), progress=bar.update)
+        note = "" if args.tokenizer else " (no --tokenizer: add tokenizer files before loading it with a tokenizer)"
+        print(f"wrote {args.out}{note}")
+    else:
+        reader = convert.CheckpointReader(args.ckpt)
+        total = len(convert.megatron_param_names(reader.arch, reward=reader.reward)) + (
+            1 if reader.arch.tie_word_embeddings and args.pp > 1 else 0
+        )
+        with _progress(total, f"reshard tp={args.tp} pp={args.pp}") as bar:
+            convert.write_checkpoint(
+                args.out, reader, reader.arch, reward=reader.reward, tp=args.tp, pp=args.pp,
+                hf_config=reader.optional_json("hf_config.json"),
+                hf_generation_config=reader.optional_json("hf_generation_config.json"),
+                progress=bar.update,
+            )
+        print(f"wrote {args.out}: tp={args.tp} pp={args.pp}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
