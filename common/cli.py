@@ -13,6 +13,7 @@ from dataclasses import dataclass
 class Args:
     nodes: int
     out: str | None
+    resume: str | None
     overrides: list[str]
 
 
@@ -23,8 +24,11 @@ def parse_args(recipe: str, argv: list[str] | None = None) -> Args:
     )
     p.add_argument("--nodes", type=int, default=1, help="Ray nodes the run spans (>1 joins the running cluster)")
     p.add_argument("--out", default=None, help="run folder (default: a new folder under runs/)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     ns = p.parse_args(argv)
     if ns.nodes < 1:
         p.error("--nodes must be >= 1")
-    return Args(nodes=ns.nodes, out=ns.out, overrides=ns.overrides)
+    if ns.resume and ns.out:
+        p.error("--resume continues in its own run folder; drop --out")
+    return Args(nodes=ns.nodes, out=ns.out, resume=ns.resume, overrides=ns.overrides)

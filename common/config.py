@@ -53,6 +53,7 @@ class TrainingConfig:
     global_batch_size: int = 8  # prompts per iteration
     seq_length: int = 512  # prompt + response tokens
     seed: int = 1234
+    save_interval: int = 0  # iterations between checkpoints (run folder/checkpoints); 0 = none
     tokenizer_name_or_path: str = "assets/llama3_tokenizer"
     device: str = "auto"  # auto | cpu | cuda | npu
     dtype: str = "fp32"  # fp32 | bf16 | fp16 (CPU: fp32 only)

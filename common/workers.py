@@ -8,8 +8,10 @@ receive the same items and return the same values.
 
 from __future__ import annotations
 
+import os
 import socket
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -93,13 +95,14 @@ class RoleWorker:
         builder = build_reward_model if reward else build_policy
         device = None if self.device.kind == "cpu" else self.device.torch_device()
         if load is None:
-            arch = self._arch(self.cfg.reward.model if reward else self.cfg.model)
-            return builder(arch, dtype=self.dtype, seed=seed, device=device)
+            self.arch = self._arch(self.cfg.reward.model if reward else self.cfg.model)
+            return builder(self.arch, dtype=self.dtype, seed=seed, device=device)
         from common.convert import arch_from_path, load_into_model
 
         arch, _ = arch_from_path(load)  # the kind was checked by the driver before Ray started
         model = builder(arch, dtype=self.dtype, seed=seed, device=device)
         load_into_model(model, load, arch)
+        self.arch = arch
         return model
 
     def _micro_batches(self, seqs: list[Sequence], aux: dict[str, list] | None = None) -> list[PaddedBatch]:
@@ -238,6 +241,35 @@ class ActorWorker(RoleWorker):
             "grad_norm": grad_norms,
             "learning_rate": self.optimizer.param_groups[0]["lr"],
         }
+
+
+    def save(self, ckpt_dir: str) -> None:
+        """Collective: weights (one file per TP/PP rank) and this rank's optimizer, schedule, RNG."""
+        from common.convert import save_checkpoint
+
+        save_checkpoint(self.model.module, Path(ckpt_dir) / "actor", self.arch)
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        path = Path(ckpt_dir) / f"optim_rank{self.rank}.pt"
+        torch.save(state, path)
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+
+    def restore(self, ckpt_dir: str) -> None:
+        """Load what ``save`` wrote (same TP/PP/DP layout)."""
+        from common.convert import load_checkpoint_into_model
+
+        path = Path(ckpt_dir) / f"optim_rank{self.rank}.pt"
+        if not path.is_file():
+            raise ValueError(f"checkpoint {ckpt_dir}: no {path.name}; resume with the actor layout the run was saved with")
+        load_checkpoint_into_model(self.model.module, Path(ckpt_dir) / "actor", self.arch)
+        state = torch.load(path, weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
 
 
 class ReferenceWorker(RoleWorker):

@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from common import checkpoint  # noqa: E402
 from common.cli import parse_args  # noqa: E402
 from common.cluster import build_roles, plan_roles, start_ray  # noqa: E402
 from common.config import data_parallel_size, load_config, max_new_tokens  # noqa: E402
@@ -42,7 +43,8 @@ RECIPE_DIR = Path(__file__).resolve().parent
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(RECIPE_DIR.name, argv)
-    cfg = load_config(RECIPE_DIR / "config.yaml", args.overrides)
+    resume = checkpoint.resume_point(args.resume)  # None, or (run folder, checkpoint, driver state)
+    cfg = load_config(resume.run_dir / "config.yaml" if resume else RECIPE_DIR / "config.yaml", args.overrides)
     t, actor_cfg, alg = cfg.training, cfg.actor_rollout_ref.actor_rollout, cfg.algorithm
 
     # --- everything that can fail cheaply, before Ray starts -----------------------------------
@@ -51,11 +53,18 @@ def main(argv: list[str] | None = None) -> int:
     eos_ids = stop_token_ids(tok)
     prompt_ids, raw_prompts, dropped = load_prompt_dataset(actor_cfg.data_path, tok, actor_cfg.max_prompt_length)
     stream = PromptStream(prompt_ids, raw_prompts, t.global_batch_size, shuffle=not actor_cfg.no_shuffle, seed=t.seed)
+    first_step = 1
+    if resume:
+        stream.load_state_dict(resume.state["stream"])
+        first_step = resume.state["step"] + 1
     n, new_tokens = actor_cfg.n_samples_per_prompt, max_new_tokens(cfg)
     fixed = fixed_response_ids(actor_cfg.fixed_responses, tok, raw_prompts, n, new_tokens) if actor_cfg.fixed_responses else None
     reward_fn = load_reward_function(cfg.reward.function) if cfg.reward.function else None
     device = resolve_device(t.device)
-    run_dir = new_run_dir(RECIPE_DIR.name, args.out)
+    run_dir = resume.run_dir if resume else new_run_dir(RECIPE_DIR.name, args.out)
+    if resume:  # rows of iterations after the checkpoint came from the run that stopped
+        checkpoint.truncate_jsonl(run_dir / "metrics.jsonl", first_step - 1)
+        checkpoint.truncate_jsonl(run_dir / "rollouts.jsonl", first_step - 1)
     writer = RunWriter(run_dir, cfg)
     expected = load_expected(RECIPE_DIR)
     print(f"run folder: {run_dir}  ({len(prompt_ids)} prompts, {dropped} dropped as too long)", flush=True)
@@ -67,9 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     groups = build_roles(cfg, device, plan)
     writer.json("placement.json", placement_record(plan, {role: g.node_ids() for role, g in groups.items()}, nodes))
     actor, ref, reward = groups["actor_rollout"], groups["ref"], groups.get("reward")
+    if resume:
+        actor.call_all("restore", str(resume.checkpoint))
+        print(f"resumed from {resume.checkpoint} at iteration {first_step}", flush=True)
     mini_per_rank = actor_cfg.ppo_mini_batch_size // data_parallel_size(cfg, "actor_rollout")
 
-    bar = tqdm(range(1, t.train_iters + 1), desc=RECIPE_DIR.name, unit="it", dynamic_ncols=True)
+    bar = tqdm(range(first_step, t.train_iters + 1), desc=RECIPE_DIR.name, unit="it", dynamic_ncols=True, initial=first_step - 1, total=t.train_iters)
     for step in bar:
         timing: dict[str, float] = {}
 
@@ -120,6 +132,13 @@ def main(argv: list[str] | None = None) -> int:
                 ]
                 per_dp = actor.run_per_dp("train", split(items, actor.dp_size), mini_per_rank)
             local = P // actor.dp_size  # first epoch's values: the forward passes before any update of this iteration
+
+            # 6. checkpoint: weights, optimizer, schedule, data position (atomic; see common/checkpoint.py)
+            if t.save_interval and step % t.save_interval == 0:
+                with phase("save"):
+                    tmp = checkpoint.begin(run_dir, step)
+                    actor.call_all("save", str(tmp))
+                    checkpoint.commit(tmp, {"step": step, "stream": stream.state_dict()})
 
         idx = torch.arange(P)
         metrics = dpo_metrics(

@@ -1,0 +1,108 @@
+"""Periodic checkpoints of a run and exact resume.
+
+Layout, inside the run folder::
+
+    checkpoints/iter_000004/actor/          weights (common.convert's format, one file per TP/PP rank)
+    checkpoints/iter_000004/optim_rank{r}.pt  optimizer + LR schedule + RNG of actor rank r
+    checkpoints/iter_000004/driver.json     iteration and prompt-stream position
+    checkpoints/latest                      name of the newest complete checkpoint
+
+A checkpoint is written into ``iter_N.tmp`` and renamed when complete, and ``latest`` is replaced
+atomically afterwards, so a crash at any point leaves the previous checkpoint usable. The
+reference and reward models are frozen and rebuilt from their own ``load``/seed; generation is
+seeded per iteration, so nothing else is needed for a resumed run to repeat an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+KEEP = 2  # complete checkpoints kept; older ones are removed after a new one is published
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def begin(run_dir: Path, step: int) -> Path:
+    """A fresh temporary folder for the checkpoint of iteration ``step``."""
+    tmp = run_dir / "checkpoints" / f"iter_{step:06d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def commit(tmp: Path, driver_state: dict) -> Path:
+    """Publish a checkpoint whose workers' files are written: driver state, rename, ``latest``."""
+    write_atomic(tmp / "driver.json", json.dumps(driver_state, indent=1) + "\n")
+    final = tmp.with_name(tmp.name[: -len(".tmp")])
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    write_atomic(final.parent / "latest", final.name + "\n")
+    complete = sorted(p for p in final.parent.glob("iter_*") if not p.name.endswith(".tmp"))
+    for old in complete[:-KEEP]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest(run_dir: Path) -> Path | None:
+    pointer = run_dir / "checkpoints" / "latest"
+    if not pointer.is_file():
+        return None
+    path = pointer.parent / pointer.read_text().strip()
+    if not (path / "driver.json").is_file():
+        raise ValueError(f"checkpoint {path}: incomplete (no driver.json) although `latest` names it; the run folder is damaged")
+    return path
+
+
+def read_driver_state(ckpt: Path) -> dict:
+    return json.loads((ckpt / "driver.json").read_text())
+
+
+def truncate_jsonl(path: Path, last_step: int) -> None:
+    """Drop rows of iterations after ``last_step`` (written by the run that crashed)."""
+    if not path.is_file():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    write_atomic(path, "".join(r + "\n" for r in rows))
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    run_dir: Path
+    checkpoint: Path
+    state: dict  # driver.json: {"step": k, "stream": PromptStream state}
+
+
+def resume_point(run_dir: str | None) -> ResumePoint | None:
+    """Where ``--resume RUN_DIR`` continues; clear errors before anything starts."""
+    if run_dir is None:
+        return None
+    path = Path(run_dir).resolve()
+    if not (path / "config.yaml").is_file():
+        raise ValueError(f"--resume {run_dir}: no config.yaml there; pass a run folder written by run.sh")
+    ckpt = latest(path)
+    if ckpt is None:
+        raise ValueError(
+            f"--resume {run_dir}: the run has no checkpoint yet; set training.save_interval to write them"
+        )
+    return ResumePoint(path, ckpt, read_driver_state(ckpt))
