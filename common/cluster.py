@@ -8,7 +8,7 @@ from collections import Counter
 import ray
 from omegaconf import DictConfig, OmegaConf
 
-from common.config import PROJECT_ROOT, roles_in_use
+from common.config import PROJECT_ROOT, role_devices, roles_in_use
 from common.device import Device
 from common.placement import Node, check_nodes, cluster_nodes, plan_placement
 from common.worker_group import WorkerGroup
@@ -39,7 +39,7 @@ def plan_roles(cfg: DictConfig, device: Device, nodes: int) -> tuple[dict[str, l
     cluster = cluster_nodes(resource)
     check_nodes(cluster, nodes)
     used = cluster[:nodes]
-    return plan_placement({role: cfg.resource_pool[role] for role in roles_in_use(cfg)}, used, resource), used
+    return plan_placement({role: role_devices(cfg, role) for role in roles_in_use(cfg)}, used, resource), used
 
 
 def build_roles(cfg: DictConfig, device: Device, plan: dict[str, list[Node]]) -> dict[str, WorkerGroup]:

@@ -87,6 +87,11 @@ class ActorRolloutConfig:
     # optimizer steps per iteration = ppo_epochs * global_batch_size / ppo_mini_batch_size
     ppo_epochs: int = 1
     ppo_mini_batch_size: Optional[int] = None  # None: global_batch_size
+    # generation on dedicated ranks: `generate_devices` of the resource_pool.actor_rollout devices
+    # only sample (PP=1, their own TP) and receive the trained weights before every rollout;
+    # 0 = the training ranks generate themselves (no copy of the weights at all)
+    generate_devices: int = 0
+    generate_tensor_model_parallel_size: Optional[int] = None  # None: the actor's TP
     # role overrides of `training` (None = inherit)
     micro_batch_size: Optional[int] = None
     tensor_model_parallel_size: Optional[int] = None
@@ -242,6 +247,8 @@ def _resolve_roles(cfg: DictConfig) -> None:
             if section[key] is None:
                 section[key] = cfg.training[key]
     actor = cfg.actor_rollout_ref.actor_rollout
+    if actor.generate_tensor_model_parallel_size is None:
+        actor.generate_tensor_model_parallel_size = actor.tensor_model_parallel_size
     if actor.ppo_mini_batch_size is None:
         actor.ppo_mini_batch_size = cfg.training.global_batch_size
     if cfg.reward.model is None and cfg.reward.function is None and cfg.reward.load is None:
@@ -282,14 +289,39 @@ def role_section(cfg: DictConfig, role: str) -> DictConfig:
     return cfg.reward if role == "reward" else cfg.actor_rollout_ref[role]
 
 
-def data_parallel_size(cfg: DictConfig, role: str) -> int:
+def role_devices(cfg: DictConfig, role: str) -> int:
+    """Devices of a role's own world; the actor pool is split into training and generating ranks."""
+    if role == "actor_rollout":
+        return cfg.resource_pool.actor_rollout - cfg.actor_rollout_ref.actor_rollout.generate_devices
+    if role == "rollout":
+        return cfg.actor_rollout_ref.actor_rollout.generate_devices
+    return cfg.resource_pool[role]
+
+
+def role_parallel_sizes(cfg: DictConfig, role: str) -> tuple[int, int]:
+    """(TP, PP) of a role's world."""
+    if role == "rollout":
+        return cfg.actor_rollout_ref.actor_rollout.generate_tensor_model_parallel_size, 1
     sec = role_section(cfg, role)
-    return cfg.resource_pool[role] // (sec.tensor_model_parallel_size * sec.pipeline_model_parallel_size)
+    return sec.tensor_model_parallel_size, sec.pipeline_model_parallel_size
+
+
+def data_parallel_size(cfg: DictConfig, role: str) -> int:
+    tp, pp = role_parallel_sizes(cfg, role)
+    return role_devices(cfg, role) // (tp * pp)
 
 
 def roles_in_use(cfg: DictConfig) -> tuple[str, ...]:
-    """The reward role has no workers when a reward function replaces the model."""
-    return ROLES if cfg.reward.function is None else ("actor_rollout", "ref")
+    """Worker groups of a run, in placement order: the actor's training ranks, its generating
+    ranks ("rollout", when it has any), the reference, and the reward model unless a reward
+    function replaces it."""
+    roles = ["actor_rollout"]
+    if cfg.actor_rollout_ref.actor_rollout.generate_devices > 0:
+        roles.append("rollout")
+    roles.append("ref")
+    if cfg.reward.function is None:
+        roles.append("reward")
+    return tuple(roles)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -325,6 +357,11 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"actor_rollout_ref.actor_rollout.top_p={actor.top_p}: must be in (0, 1]; 1.0 turns it off")
     if actor.top_k < 0:
         raise ValueError(f"actor_rollout_ref.actor_rollout.top_k={actor.top_k}: must be >= 0; 0 turns it off")
+    if not 0 <= actor.generate_devices < cfg.resource_pool.actor_rollout:
+        raise ValueError(
+            f"actor_rollout_ref.actor_rollout.generate_devices={actor.generate_devices}: must be in "
+            f"[0, resource_pool.actor_rollout={cfg.resource_pool.actor_rollout}); the rest of the pool trains"
+        )
     if actor.n_samples_per_prompt < 2:
         raise ValueError(
             f"actor_rollout_ref.actor_rollout.n_samples_per_prompt={actor.n_samples_per_prompt}: "
@@ -383,18 +420,22 @@ def _validate_model(m: DictConfig, where: str) -> None:
 
 
 def _validate_role_layout(cfg: DictConfig, role: str) -> None:
-    sec = role_section(cfg, role)
-    tp, pp = sec.tensor_model_parallel_size, sec.pipeline_model_parallel_size
-    devices = cfg.resource_pool[role]
-    prefix = "actor_rollout_ref." if role != "reward" else ""
+    tp, pp = role_parallel_sizes(cfg, role)
+    devices = role_devices(cfg, role)
+    prefix = {"reward": "", "rollout": "actor_rollout_ref.actor_rollout.generate_"}.get(role, "actor_rollout_ref.")
     if tp < 1 or pp < 1:
         raise ValueError(f"{prefix}{role}: tensor/pipeline parallel sizes must be >= 1 (got TP={tp}, PP={pp})")
     if devices < 1 or devices % (tp * pp):
+        what = {
+            "actor_rollout": "resource_pool.actor_rollout - generate_devices",
+            "rollout": "actor_rollout_ref.actor_rollout.generate_devices",
+        }.get(role, f"resource_pool.{role}")
         raise ValueError(
-            f"resource_pool.{role}={devices} is not a positive multiple of TP x PP = {tp} x {pp} = {tp * pp} "
-            f"for role {role}; set resource_pool.{role} to {tp * pp} x (data-parallel size)"
+            f"{what}={devices} is not a positive multiple of TP x PP = {tp} x {pp} = {tp * pp} "
+            f"for role {role}; make it {tp * pp} x (data-parallel size)"
         )
     arch = cfg.reward.model if role == "reward" and cfg.reward.model is not None else cfg.model
+    prefix = "actor_rollout_ref." if role != "reward" else ""
     if arch.num_query_groups % tp or arch.num_attention_heads % tp:
         raise ValueError(
             f"role {role}: TP={tp} must divide num_attention_heads={arch.num_attention_heads} and "
@@ -402,10 +443,11 @@ def _validate_role_layout(cfg: DictConfig, role: str) -> None:
         )
     if arch.num_layers % pp:
         raise ValueError(f"role {role}: PP={pp} must divide num_layers={arch.num_layers}")
-    if pp > 1 and role == "actor_rollout":
+    if pp > 1 and role == "actor_rollout" and cfg.actor_rollout_ref.actor_rollout.generate_devices == 0:
         raise ValueError(
             f"role {role}: pipeline_model_parallel_size={pp}: the actor generates on its training ranks, "
-            "and generation needs PP=1; set actor_rollout_ref.actor_rollout.pipeline_model_parallel_size=1"
+            "and generation needs PP=1; give it generating ranks (actor_rollout_ref.actor_rollout.generate_devices) "
+            "or set its pipeline_model_parallel_size=1"
         )
 
 

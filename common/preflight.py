@@ -27,6 +27,8 @@ def check_weights(cfg: DictConfig, tokenizer_size: int) -> dict[str, int]:
     """
     vocab = {}
     for role in roles_in_use(cfg):
+        if role == "rollout":  # the actor's generating ranks: the actor's weights, checked below
+            continue
         path = role_section(cfg, role).load
         if role == "ref" and path is None:
             path = cfg.actor_rollout_ref.actor_rollout.load

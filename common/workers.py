@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from common.config import role_section
+from common.config import role_parallel_sizes, role_section
 from common.device import resolve_device
 from common.dpo import dpo_losses
 from common.schedule import run_microbatches
@@ -34,7 +34,8 @@ class RoleWorker:
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
         self.role, self.rank, self.world_size = role, rank, world_size
         self.cfg = OmegaConf.create(cfg)
-        self.section = role_section(self.cfg, role)
+        # generating ranks batch like the actor they belong to
+        self.section = role_section(self.cfg, "actor_rollout" if role == "rollout" else role)
         self.device = resolve_device(self.cfg.training.device)
         self.device.setup_worker(num_threads)
         self.dtype = self.device.compute_dtype(self.cfg.training.dtype)
@@ -50,14 +51,15 @@ class RoleWorker:
     def init_distributed(self, master_addr: str, master_port: int) -> dict[str, Any]:
         from common import parallel
 
+        tp, pp = role_parallel_sizes(self.cfg, self.role)
         parallel.init_model_parallel(
             rank=self.rank,
             world_size=self.world_size,
             master_addr=master_addr,
             master_port=master_port,
             device=self.device,
-            tensor_model_parallel_size=self.section.tensor_model_parallel_size,
-            pipeline_model_parallel_size=self.section.pipeline_model_parallel_size,
+            tensor_model_parallel_size=tp,
+            pipeline_model_parallel_size=pp,
             seed=self.cfg.training.seed,
         )
         self.build()
@@ -104,6 +106,29 @@ class RoleWorker:
         load_into_model(model, load, arch)
         self.arch = arch
         return model
+
+    @torch.no_grad()
+    def _generate(self, model, prompts: list[list[int]], n: int, max_new_tokens: int, step: int, eos_ids: list[int]) -> list[list[list[int]]]:
+        """Sample ``n`` responses per prompt -> ``responses[prompt][sample]`` token ids."""
+        from megatron.core import parallel_state as ps
+
+        from common.generation import generate
+
+        a = self.cfg.actor_rollout_ref.actor_rollout
+        rows = [p for p in prompts for _ in range(n)]  # row i*n + j = prompt i, sample j
+        # seeded by (seed, step, data-parallel rank): identical on the TP ranks of a slice
+        seed = (self.cfg.training.seed * 1_000_003 + step) * 1_009 + ps.get_data_parallel_rank()
+        out = generate(
+            model,
+            rows,
+            max_new_tokens=max_new_tokens,
+            temperature=a.temperature,
+            top_k=a.top_k,
+            top_p=a.top_p,
+            eos_token_ids=eos_ids,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        return [[out[i * n + j] for j in range(n)] for i in range(len(prompts))]
 
     def _micro_batches(self, seqs: list[Sequence], aux: dict[str, list] | None = None) -> list[PaddedBatch]:
         """Padded micro-batches of ``2 * micro_batch_size`` sequences (a micro-batch is counted in pairs)."""
@@ -173,29 +198,20 @@ class ActorWorker(RoleWorker):
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], n: int, max_new_tokens: int, step: int, eos_ids: list[int]) -> list[list[list[int]]]:
-        """Sample ``n`` responses per prompt -> ``responses[prompt][sample]`` token ids."""
+        return self._generate(self.model.module, prompts, n, max_new_tokens, step, eos_ids)
+
+    def export_shards(self):
+        """This rank's weights for the generating ranks: an object-store reference to
+        ``{global name: tensor}`` (data-parallel rank 0 only; the others hold the same shards)."""
+        import ray
         from megatron.core import parallel_state as ps
 
-        from common.generation import generate
+        from common.model import _global_names
 
-        a = self.cfg.actor_rollout_ref.actor_rollout
-        self.model.eval()
-        rows = [p for p in prompts for _ in range(n)]  # row i*n + j = prompt i, sample j
-        # seeded by (seed, step, data-parallel rank): identical on the TP ranks of a slice -> identical draws
-        seed = (self.cfg.training.seed * 1_000_003 + step) * 1_009 + ps.get_data_parallel_rank()
-        gen = torch.Generator().manual_seed(seed)
-        out = generate(
-            self.model.module,
-            rows,
-            max_new_tokens=max_new_tokens,
-            temperature=a.temperature,
-            top_k=a.top_k,
-            top_p=a.top_p,
-            eos_token_ids=eos_ids,
-            generator=gen,
-        )
-        self.model.train()
-        return [[out[i * n + j] for j in range(n)] for i in range(len(prompts))]
+        if ps.get_data_parallel_rank() != 0:
+            return None
+        shard = {name: p.detach().cpu() for name, p in _global_names(self.model.module)}
+        return ps.get_tensor_model_parallel_rank(), ray.put(shard)
 
     def train(self, pairs: list[dict], mini_batch_size: int) -> dict[str, Any]:
         """DPO updates on this rank's pairs; ``mini_batch_size`` pairs per optimizer step on this rank.
@@ -272,6 +288,41 @@ class ActorWorker(RoleWorker):
         torch.set_rng_state(state["torch_rng"])
 
 
+class GeneratorWorker(RoleWorker):
+    """Generating ranks of the actor pool (PP=1, their own TP): the policy's weights arrive from
+    the training ranks before every rollout (``load_weights``), re-sharded when the TP differs."""
+
+    def build(self) -> None:
+        a = self.cfg.actor_rollout_ref.actor_rollout
+        self.model = self._build(a.load, reward=False, seed=self.cfg.training.seed)
+        self.model.eval()
+        self.model.requires_grad_(False)
+
+    @torch.no_grad()
+    def load_weights(self, exports: list) -> None:
+        """``exports``: one ``(tp_rank, ref)`` per training rank of data-parallel rank 0."""
+        import ray
+        from megatron.core import parallel_state as ps
+
+        from common.model import _global_names, _shard, merge_shards
+
+        by_tp: dict[int, dict] = {}
+        for tp_rank, ref in exports:
+            by_tp.setdefault(tp_rank, {}).update(ray.get(ref))  # pipeline stages merge by global name
+        train_tp = len(by_tp)
+        same_layout = train_tp == ps.get_tensor_model_parallel_world_size()
+        for name, param in _global_names(self.model):
+            if same_layout:
+                value = by_tp[ps.get_tensor_model_parallel_rank()][name]
+            else:
+                full = merge_shards(name, [by_tp[t][name] for t in range(train_tp)], self.arch.vocab_size, False)
+                value = _shard(name, full, self.model.vocab_size, False)
+            param.copy_(value.to(param.dtype))
+
+    def generate(self, prompts: list[list[int]], n: int, max_new_tokens: int, step: int, eos_ids: list[int]) -> list[list[list[int]]]:
+        return self._generate(self.model, prompts, n, max_new_tokens, step, eos_ids)
+
+
 class ReferenceWorker(RoleWorker):
     """Frozen copy of the starting policy: summed response log-probs, no temperature scaling."""
 
@@ -315,4 +366,4 @@ class RewardWorker(RoleWorker):
         return [x for s in stats for x in s["scores"].cpu().tolist()]
 
 
-WORKER_CLASSES = {"actor_rollout": ActorWorker, "ref": ReferenceWorker, "reward": RewardWorker}
+WORKER_CLASSES = {"actor_rollout": ActorWorker, "rollout": GeneratorWorker, "ref": ReferenceWorker, "reward": RewardWorker}

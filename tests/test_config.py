@@ -40,7 +40,7 @@ def test_unknown_key_names_nearest_valid_keys(override, fragment):
 @pytest.mark.parametrize(
     "overrides, fragment",
     [
-        (["resource_pool.actor_rollout=3"], "resource_pool.actor_rollout=3 is not a positive multiple of TP x PP"),
+        (["resource_pool.actor_rollout=3"], "resource_pool.actor_rollout - generate_devices=3 is not a positive multiple of TP x PP = 2 x 1"),
         (["actor_rollout_ref.actor_rollout.max_prompt_length=96"], "must be < training.seq_length"),
         (["actor_rollout_ref.actor_rollout.temperature=0"], "temperature=0"),
         (["actor_rollout_ref.actor_rollout.top_p=1.5"], "top_p"),

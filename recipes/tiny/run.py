@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     print("placement:\n" + describe(plan, nodes), flush=True)
     groups = build_roles(cfg, device, plan)
     writer.json("placement.json", placement_record(plan, {role: g.node_ids() for role, g in groups.items()}, nodes))
-    actor, ref, reward = groups["actor_rollout"], groups["ref"], groups.get("reward")
+    actor, rollout, ref, reward = groups["actor_rollout"], groups.get("rollout"), groups["ref"], groups.get("reward")
     if resume:
         actor.call_all("restore", str(resume.checkpoint))
         print(f"resumed from {resume.checkpoint} at iteration {first_step}", flush=True)
@@ -95,10 +95,14 @@ def main(argv: list[str] | None = None) -> int:
             batch = stream.next_batch()
             P = len(batch.ids)
 
-            # 1. rollout: responses[i][j] = sample j of prompt i (explicit indices end to end)
+            # 1. rollout: responses[i][j] = sample j of prompt i (explicit indices end to end);
+            #    dedicated generating ranks first receive the latest weights from the training ranks
+            if rollout is not None and fixed is None:
+                with phase("sync"):
+                    rollout.call_all("load_weights", [e for e in actor.call_all("export_shards") if e is not None])
             with phase("generate"):
                 if fixed is None:
-                    responses = actor.run_sharded("generate", batch.ids, n, new_tokens, step, eos_ids)
+                    responses = (rollout or actor).run_sharded("generate", batch.ids, n, new_tokens, step, eos_ids)
                 else:  # accuracy-comparison mode: stored responses instead of sampling
                     responses = [fixed[i] for i in batch.indices]
             seqs_PN = [[Sequence(batch.ids[i], responses[i][j]) for j in range(n)] for i in range(P)]
