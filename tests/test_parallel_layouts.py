@@ -24,3 +24,22 @@ def test_ref_and_reward_on_two_pipeline_stages(tmp_path):
     assert abs(rows[0]["loss"] - math.log(2)) < 1e-4
     assert abs(rows[0]["objective/kl"]) < 1e-3
     assert all(len(r["scores"]) == 2 for r in read_jsonl(out / "rollouts.jsonl"))
+
+
+def test_pipeline_parallel_actor_with_generating_rank(tmp_path):
+    # the actor trains on two pipeline stages (Megatron's 1F1B schedule over gloo) and a separate
+    # PP=1 rank generates from the weights gathered from both stages
+    out = tmp_path / "run"
+    proc = run_recipe(
+        "tiny", out,
+        "model.tie_word_embeddings=false",
+        "resource_pool.actor_rollout=3", "actor_rollout_ref.actor_rollout.generate_devices=1",
+        "actor_rollout_ref.actor_rollout.tensor_model_parallel_size=1",
+        "actor_rollout_ref.actor_rollout.pipeline_model_parallel_size=2",
+        "training.train_iters=3",
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert abs(rows[0]["loss"] - math.log(2)) < 1e-4
+    assert rows[1]["objective/kl"] != 0.0  # the update reached the generating rank's weights
+    assert all(math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in rows)
