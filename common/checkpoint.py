@@ -24,7 +24,8 @@ from pathlib import Path
 KEEP = 2  # complete checkpoints kept; older ones are removed after a new one is published
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable (POSIX: fsync the folder)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -39,7 +40,7 @@ def write_atomic(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def begin(run_dir: Path, step: int) -> Path:
@@ -56,7 +57,7 @@ def commit(tmp: Path, driver_state: dict) -> Path:
     final = tmp.with_name(tmp.name[: -len(".tmp")])
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     write_atomic(final.parent / "latest", final.name + "\n")
     complete = sorted(p for p in final.parent.glob("iter_*") if not p.name.endswith(".tmp"))
     for old in complete[:-KEEP]:

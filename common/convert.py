@@ -42,6 +42,7 @@ from pathlib import Path
 
 import torch
 
+from common.checkpoint import fsync_dir
 from common.model import (
     LlamaArch,
     RewardModel,
@@ -386,14 +387,6 @@ def load_hf_into_model(
 # Writing directories atomically
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _tmp_path(out_dir: Path) -> Path:
     return out_dir.parent / f".{out_dir.name}.tmp"
 
@@ -411,14 +404,14 @@ def _publish(tmp: Path, out_dir: Path) -> None:
     for path in tmp.iterdir():
         with open(path, "rb") as f:
             os.fsync(f.fileno())
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     old = out_dir.parent / f".{out_dir.name}.old"
     if old.exists():
         shutil.rmtree(old)
     if out_dir.exists():
         os.rename(out_dir, old)
     os.rename(tmp, out_dir)
-    _fsync_dir(out_dir.parent)
+    fsync_dir(out_dir.parent)
     if old.exists():
         shutil.rmtree(old)
 
