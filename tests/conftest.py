@@ -32,3 +32,15 @@ def tiny_run(tmp_path_factory):
     proc = run_recipe("tiny", out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return out
+
+
+@pytest.fixture(scope="module")
+def world1():
+    """A TP=1 Megatron world in this test process (for tests that build models in-process)."""
+    from tests._dist import free_port, init_world
+
+    from common import parallel
+
+    init_world(rank=0, world_size=1, port=free_port(), tp=1, pp=1, threads=2)
+    yield
+    parallel.destroy_model_parallel()

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests._dist import free_port, init_world, run_world
+from tests._dist import run_world
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 1000  # Megatron pads it to 1024 (a multiple of 128 * TP)
@@ -137,15 +137,6 @@ def world_scenario(hf_root: str, kinds: tuple, ckpt_out: str) -> dict:
         load_checkpoint_into_model(model, Path(hf_root) / f"{kind}_ckpt_tp1", arch)
         out[f"{kind}/ckpt_tp1"] = _trim(_forward(model, reward))
     return out
-
-
-@pytest.fixture(scope="module")
-def world1():
-    from common import parallel
-
-    init_world(rank=0, world_size=1, port=free_port(), tp=1, pp=1, threads=2)
-    yield
-    parallel.destroy_model_parallel()
 
 
 @pytest.fixture(scope="module")

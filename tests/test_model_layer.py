@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from tests._dist import free_port, init_world, run_world
+from tests._dist import run_world
 
 VOCAB = 1000  # padded to 1024 inside: exercises the padded-id masking
 ARCH = dict(
@@ -96,16 +96,6 @@ def scenario() -> dict:
     with torch.no_grad():
         out["hf_logits"] = tied(ids_BT, position_ids_BT, full_mask, runtime_gather_output=True)
     return out
-
-
-@pytest.fixture(scope="module")
-def world1():
-    """TP=1 world in this process."""
-    from common import parallel
-
-    init_world(rank=0, world_size=1, port=free_port(), tp=1, pp=1, threads=2)
-    yield
-    parallel.destroy_model_parallel()
 
 
 @pytest.fixture(scope="module")
