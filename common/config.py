@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 # --------------------------------------------------------------------------------------- schema
 
@@ -458,11 +458,3 @@ def max_new_tokens(cfg: DictConfig) -> int:
 def optimizer_steps_per_iter(cfg: DictConfig) -> int:
     actor = cfg.actor_rollout_ref.actor_rollout
     return actor.ppo_epochs * math.ceil(cfg.training.global_batch_size / actor.ppo_mini_batch_size)
-
-
-def to_yaml(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(cfg)
-
-
-def as_dict(node: DictConfig | ListConfig) -> Any:
-    return OmegaConf.to_container(node, resolve=True)

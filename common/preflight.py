@@ -20,12 +20,8 @@ CONVERT_HINT = (
 )
 
 
-def check_weights(cfg: DictConfig, tokenizer_size: int) -> dict[str, int]:
-    """Every role's ``load`` exists, is the right kind, fits the role's TP/PP and the tokenizer.
-
-    Returns the vocabulary size each role's model will have (for the log).
-    """
-    vocab = {}
+def check_weights(cfg: DictConfig, tokenizer_size: int) -> None:
+    """Every role's ``load`` exists, is the right kind, fits the role's TP/PP and the tokenizer."""
     for role in roles_in_use(cfg):
         if role == "rollout":  # the actor's generating ranks: the actor's weights, checked below
             continue
@@ -34,7 +30,6 @@ def check_weights(cfg: DictConfig, tokenizer_size: int) -> dict[str, int]:
             path = cfg.actor_rollout_ref.actor_rollout.load
         if path is None:
             arch = cfg.reward.model if role == "reward" else cfg.model
-            vocab[role] = arch.vocab_size
             _check_vocab(role, "model" if role != "reward" else "reward.model", arch.vocab_size, tokenizer_size)
             continue
         key = LOAD_KEYS[role]
@@ -55,8 +50,6 @@ def check_weights(cfg: DictConfig, tokenizer_size: int) -> dict[str, int]:
                 f"{arch.num_layers} layers do not split over TP={tp}, PP={pp}; change the role's parallel sizes"
             )
         _check_vocab(role, key, arch.vocab_size, tokenizer_size)
-        vocab[role] = arch.vocab_size
-    return vocab
 
 
 def _check_vocab(role: str, where: str, vocab_size: int, tokenizer_size: int) -> None:
