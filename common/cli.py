@@ -1,6 +1,6 @@
 """Command line shared by every recipe's launch script:
 
-    ./run.sh <recipe> [--nodes N] [--out DIR] [key=value ...]
+    ./run.sh <recipe> [--nodes N] [--out DIR] [--overlay NAME] [--resume RUN_DIR] [key=value ...]
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 class Args:
     nodes: int
     out: str | None
+    overlay: str | None
     resume: str | None
     overrides: list[str]
 
@@ -24,6 +25,10 @@ def parse_args(recipe: str, argv: list[str] | None = None) -> Args:
     )
     p.add_argument("--nodes", type=int, default=1, help="Ray nodes the run spans (>1 joins the running cluster)")
     p.add_argument("--out", default=None, help="run folder (default: a new folder under runs/)")
+    p.add_argument(
+        "--overlay", default=None, metavar="NAME",
+        help="a YAML of overrides merged over the frozen config: recipes/<recipe>/NAME.yaml or a file path (e.g. cpu_scale)",
+    )
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     ns = p.parse_args(argv)
@@ -31,4 +36,6 @@ def parse_args(recipe: str, argv: list[str] | None = None) -> Args:
         p.error("--nodes must be >= 1")
     if ns.resume and ns.out:
         p.error("--resume continues in its own run folder; drop --out")
-    return Args(nodes=ns.nodes, out=ns.out, resume=ns.resume, overrides=ns.overrides)
+    if ns.resume and ns.overlay:
+        p.error("--resume continues with the stopped run's resolved config; drop --overlay")
+    return Args(nodes=ns.nodes, out=ns.out, overlay=ns.overlay, resume=ns.resume, overrides=ns.overrides)

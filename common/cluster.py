@@ -12,7 +12,6 @@ from common.config import PROJECT_ROOT, role_devices, roles_in_use
 from common.device import Device
 from common.placement import Node, check_nodes, cluster_nodes, plan_placement
 from common.worker_group import WorkerGroup
-from common.workers import WORKER_CLASSES
 
 
 def start_ray(nodes: int) -> None:
@@ -49,6 +48,8 @@ def build_roles(cfg: DictConfig, device: Device, plan: dict[str, list[Node]]) ->
     for the cores its role has on that node: roles run one after another within an iteration, so a
     role's ranks never compete with another role's for cores.
     """
+    from common.workers import WORKER_CLASSES  # Megatron is imported by the workers, not before the checks
+
     resource = device_resource(cfg, device)
     per_node = Counter(n.node_id for ranks in plan.values() for n in ranks)
     cpus = {n.node_id: n.cpus for ranks in plan.values() for n in ranks}

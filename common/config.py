@@ -215,13 +215,18 @@ def check_known_keys(node: Any, source: str) -> None:
         raise ValueError(f"config key '{key}' (from {source}): unknown key; {hint}")
 
 
-def load_config(recipe_yaml: str | Path, overrides: list[str] = ()) -> DictConfig:
-    """Load a recipe's frozen config, apply dotlist overrides, resolve roles, validate."""
+def load_config(recipe_yaml: str | Path, overrides: list[str] = (), overlay: str | Path | None = None) -> DictConfig:
+    """Load a recipe's frozen config, merge an overlay file (e.g. the recipe's ``cpu_scale.yaml``)
+    and the dotlist overrides over it, resolve roles, validate."""
     recipe_yaml = Path(recipe_yaml)
     if not recipe_yaml.is_file():
         raise ValueError(f"recipe config {recipe_yaml}: file not found; pass a recipe folder under recipes/")
     user = OmegaConf.load(recipe_yaml)
     check_known_keys(user, str(recipe_yaml))
+    if overlay is not None:
+        extra = OmegaConf.load(overlay)
+        check_known_keys(extra, str(overlay))
+        user = OmegaConf.merge(user, extra)
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override '{item}': not key=value; write e.g. training.train_iters=5")

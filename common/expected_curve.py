@@ -1,8 +1,10 @@
 """Expected loss curves: recorded by ``tools/record_curve.py`` from a real run, compared by tests.
 
-``recipes/<name>/expected_loss.json`` holds the per-step losses, the run-to-run noise measured when
-it was recorded, the tolerance derived from it, and the environment (library versions, CPU,
-git commit) it was recorded in.
+``recipes/<name>/expected_loss.json`` is the curve of the recipe's frozen config as shipped;
+``recipes/<name>/expected_loss.<overlay>.json`` the curve of the frozen config with an overlay
+merged over it (``--overlay cpu_scale``: the CPU-scale run of a recipe made for NPUs/GPUs). Each
+holds the per-step losses, the run-to-run noise measured when it was recorded, the tolerance derived
+from it, the command, and the environment (library versions, CPU, git commit) it was recorded in.
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-FILENAME = "expected_loss.json"
+
+def curve_path(recipe_dir: Path, overlay: str | None = None) -> Path:
+    name = "expected_loss.json" if overlay is None else f"expected_loss.{Path(overlay).stem}.json"
+    return Path(recipe_dir) / name
 
 
-def load_expected(recipe_dir: Path) -> dict | None:
-    path = Path(recipe_dir) / FILENAME
+def load_expected(recipe_dir: Path, overlay: str | None = None) -> dict | None:
+    path = curve_path(recipe_dir, overlay)
     return json.loads(path.read_text()) if path.is_file() else None
 
 

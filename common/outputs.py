@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -58,6 +60,34 @@ class RunWriter:
     def close(self) -> None:
         self._metrics.close()
         self._rollouts.close()
+
+
+class PhaseTimer:
+    """``with timer("generate"): ...`` records seconds as ``timing/generate`` in ``timer.seconds``."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        yield
+        self.seconds[f"timing/{name}"] = time.perf_counter() - start
+
+
+def rollout_rows(step: int, prompts: list[str], responses_PN: list[list[str]], scores_PN, pairs) -> list[dict]:
+    """``rollouts.jsonl`` rows: one per prompt, with every response, its score and the pair's indices."""
+    return [
+        {
+            "step": step,
+            "prompt": prompts[i],
+            "responses": responses_PN[i],
+            "scores": scores_PN[i].tolist(),
+            "chosen": int(pairs.chosen_P[i]),
+            "rejected": int(pairs.rejected_P[i]),
+        }
+        for i in range(len(prompts))
+    ]
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

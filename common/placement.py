@@ -51,9 +51,16 @@ def plan_placement(pools: dict[str, int], nodes: list[Node], device_resource: st
     have = sum(capacity)
     if total > have:
         need = ", ".join(f"{r} {k}" for r, k in pools.items())
+        left, unplaced = have, []
+        for role, ranks in pools.items():  # roles are served in declared order: the last ones go short
+            got = min(ranks, left)
+            left -= got
+            if got < ranks:
+                unplaced.append(f"role {role} gets {got} of its {ranks}")
         raise ValueError(
             f"placement: roles need {total} {device_resource or 'rank'} slots ({need}) but the "
-            f"{len(nodes)} node(s) have {have}; short by {total - have}: lower resource_pool.* or add nodes"
+            f"{len(nodes)} node(s) have {have}; short by {total - have} ({'; '.join(unplaced)}): "
+            "lower resource_pool.* or add nodes"
         )
     plan, node = {}, 0
     free = list(capacity)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from common.config import role_section, roles_in_use
 
@@ -15,9 +15,42 @@ LOAD_KEYS = {
     "reward": "reward.load",
 }
 CONVERT_HINT = (
-    "download the Hugging Face model into that folder (e.g. `huggingface-cli download <repo-id> --local-dir {path}`), "
+    "download the Hugging Face model into that folder (e.g. `.venv/bin/hf download <repo-id> --local-dir {path}`), "
     "or convert one with `python -m tools.convert_checkpoint hf-to-mcore --hf <hf-dir> --out {path} --tp <TP> --pp <PP>`"
 )
+
+
+FILE_KEYS = (
+    "training.tokenizer_name_or_path",
+    "actor_rollout_ref.actor_rollout.data_path",
+    "actor_rollout_ref.actor_rollout.fixed_responses",
+    *LOAD_KEYS.values(),
+)
+
+
+def check_files(cfg: DictConfig, get_files: dict[str, str]) -> None:
+    """Every file a run reads exists; otherwise one error listing each missing path with how to get it.
+
+    ``get_files`` is the recipe's own instructions, keyed by the path its frozen config names
+    (relative to the project root): the exact download and conversion commands. A path the user
+    changed gets the generic hint instead.
+    """
+    from common.config import resolve_path
+
+    known = {resolve_path(path): how for path, how in get_files.items()}
+    missing = []
+    for key in FILE_KEYS:
+        if key == "reward.load" and cfg.reward.function is not None:
+            continue
+        path = OmegaConf.select(cfg, key)
+        if path is None or Path(path).exists():
+            continue
+        how = known.get(path)
+        if how is None:
+            how = CONVERT_HINT.format(path=path) if key in LOAD_KEYS.values() else "check the path"
+        missing.append(f"  {key}={path}: not found\n    -> {how}")
+    if missing:
+        raise ValueError("missing files (nothing was started):\n" + "\n".join(missing))
 
 
 def check_weights(cfg: DictConfig, tokenizer_size: int) -> None:

@@ -22,7 +22,7 @@ def test_roles_fill_nodes_in_declared_order():
 
 
 def test_shortfall_names_the_need_and_the_gap():
-    with pytest.raises(ValueError, match=r"need 16 NPU slots \(actor_rollout 8, ref 4, reward 4\).*have 12; short by 4"):
+    with pytest.raises(ValueError, match=r"need 16 NPU slots \(actor_rollout 8, ref 4, reward 4\).*have 12; short by 4 \(role reward gets 0 of its 4\)"):
         plan_placement({"actor_rollout": 8, "ref": 4, "reward": 4}, nodes(8, 4), "NPU")
 
 

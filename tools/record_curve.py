@@ -1,6 +1,13 @@
 """Record a recipe's expected loss curve from real runs.
 
     .venv/bin/python -m tools.record_curve tiny            # two runs, writes recipes/tiny/expected_loss.json
+    .venv/bin/python -m tools.record_curve llama32_1b --overlay cpu_scale            # -> expected_loss.cpu_scale.json
+    .venv/bin/python -m tools.record_curve llama3_8b --overlay cpu_scale --nodes 2 resource_pool.device_resource=NPU
+    .venv/bin/python -m tools.record_curve llama3_8b --nodes 2 --runs 1   # full scale, on the real cluster
+
+With ``--nodes N`` > 1 it joins the cluster in ``RAY_ADDRESS``, or, when that is unset, starts a
+simulated one on this machine (``tools/simulated_cluster.py``: N nodes of 8 CPUs and 8 "NPU").
+A full-scale curve (no overlay) goes to ``expected_loss.json``; nothing is recorded that was not run.
 
 Runs the recipe ``--runs`` times (default 2) with the same seed, stores the first run's per-step
 loss, the largest run-to-run difference it measured, the tolerance derived from it, and the
@@ -11,7 +18,9 @@ curve always names the code that produced it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import os
 import json
 import platform
 import subprocess
@@ -20,7 +29,7 @@ import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
-from common.expected_curve import FILENAME
+from common.expected_curve import curve_path
 from common.outputs import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,8 +53,13 @@ def environment() -> dict:
     }
 
 
-def run_once(recipe: str, out: Path, overrides: list[str]) -> list[float]:
-    cmd = [str(ROOT / "run.sh"), recipe, "--out", str(out), *overrides]
+def launch_args(args: argparse.Namespace) -> list[str]:
+    """The ``./run.sh`` arguments after the recipe name (without ``--out``)."""
+    return [*(["--nodes", str(args.nodes)] if args.nodes > 1 else []), *(["--overlay", args.overlay] if args.overlay else []), *args.overrides]
+
+
+def run_once(recipe: str, out: Path, launch: list[str]) -> list[float]:
+    cmd = [str(ROOT / "run.sh"), recipe, "--out", str(out), *launch]
     subprocess.run(cmd, cwd=ROOT, check=True)
     return [row["loss"] for row in read_jsonl(out / "metrics.jsonl")]
 
@@ -54,6 +68,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe")
     p.add_argument("--runs", type=int, default=2)
+    p.add_argument("--overlay", default=None, help="a recipe overlay (e.g. cpu_scale); the curve goes to expected_loss.<overlay>.json")
+    p.add_argument("--nodes", type=int, default=1, help="nodes; >1 without RAY_ADDRESS starts a simulated cluster here")
     p.add_argument("--allow-dirty", action="store_true", help="record from uncommitted code (not for committed curves)")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
@@ -61,12 +77,21 @@ def main() -> int:
     if dirty.strip() and not args.allow_dirty:
         print(f"refusing to record from a dirty tree; commit first:\n{dirty}", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory() as tmp:
-        curves = [run_once(args.recipe, Path(tmp) / f"run{k}", args.overrides) for k in range(args.runs)]
+    launch = launch_args(args)
+    simulated = args.nodes > 1 and "RAY_ADDRESS" not in os.environ
+    with contextlib.ExitStack() as stack:
+        if simulated:
+            from tools.simulated_cluster import simulated_cluster
+
+            os.environ["RAY_ADDRESS"] = stack.enter_context(simulated_cluster(args.nodes))
+            print(f"simulated {args.nodes}-node cluster at {os.environ['RAY_ADDRESS']}", flush=True)
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        curves = [run_once(args.recipe, Path(tmp) / f"run{k}", launch) for k in range(args.runs)]
     noise = max((abs(a - b) for c in curves[1:] for a, b in zip(curves[0], c)), default=0.0)
     record = {
         "recipe": args.recipe,
-        "command": " ".join(["./run.sh", args.recipe, *args.overrides]),
+        "command": " ".join(["./run.sh", args.recipe, *launch]),
+        "cluster": f"{args.nodes} node(s)" + (" (simulated on one machine)" if args.nodes > 1 and simulated else ""),
         "steps": list(range(1, len(curves[0]) + 1)),
         "loss": curves[0],
         "runs": args.runs,
@@ -75,7 +100,7 @@ def main() -> int:
         "tolerance_rule": f"max({NOISE_MULTIPLIER} x measured run-to-run noise, {TOLERANCE_FLOOR})",
         "environment": environment(),
     }
-    out = ROOT / "recipes" / args.recipe / FILENAME
+    out = curve_path(ROOT / "recipes" / args.recipe, args.overlay)
     out.write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {out}: {len(curves[0])} steps, run-to-run noise {noise:.3g}, tolerance {record['tolerance']:.3g}")
     return 0
