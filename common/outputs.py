@@ -75,21 +75,6 @@ class PhaseTimer:
         self.seconds[f"timing/{name}"] = time.perf_counter() - start
 
 
-def rollout_rows(step: int, prompts: list[str], responses_PN: list[list[str]], scores_PN, pairs) -> list[dict]:
-    """``rollouts.jsonl`` rows: one per prompt, with every response, its score and the pair's indices."""
-    return [
-        {
-            "step": step,
-            "prompt": prompts[i],
-            "responses": responses_PN[i],
-            "scores": scores_PN[i].tolist(),
-            "chosen": int(pairs.chosen_P[i]),
-            "rejected": int(pairs.rejected_P[i]),
-        }
-        for i in range(len(prompts))
-    ]
-
-
 def read_jsonl(path: str | Path) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,126 @@
+"""One iteration's pieces, as a recipe loop calls them: sample, score, pair, reference, train.
+
+A rollout is a ``[prompts, samples]`` grid (row = prompt, column = sample) from sampling to the
+pairs, so no step depends on how a batch is flattened. Each function takes the worker groups it
+needs and returns plain values; the loop in ``recipes/<name>/run.py`` decides the order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from common.dpo import dpo_metrics
+from common.pairs import Pairs, apply_missing_eos_penalty
+from common.prompts import PromptBatch, prompt_text
+from common.rewards import RewardFn, call_reward_function
+from common.sequences import Sequence, has_eos, split
+from common.worker_group import WorkerGroup
+
+
+@dataclass
+class Rollout:
+    prompts: list[str]  # [P] prompt text as given
+    seqs_PN: list[list[Sequence]]  # [P][N] prompt ids + response ids
+    texts_PN: list[list[str]]  # [P][N] decoded responses (special tokens skipped)
+    has_eos_PN: torch.Tensor  # [P, N] bool: the response ended with a stop token
+
+    @classmethod
+    def of(cls, batch: PromptBatch, responses_PN: list[list[list[int]]], tok, eos_ids: list[int]) -> "Rollout":
+        stops = set(eos_ids)
+        return cls(
+            prompts=[prompt_text(p) for p in batch.prompts],
+            seqs_PN=[[Sequence(ids, r) for r in row] for ids, row in zip(batch.ids, responses_PN)],
+            texts_PN=[[tok.decode(r, skip_special_tokens=True) for r in row] for row in responses_PN],
+            has_eos_PN=torch.tensor([[has_eos(r, stops) for r in row] for row in responses_PN]),
+        )
+
+    def pairs(self, pairs: Pairs) -> tuple[list[Sequence], list[Sequence]]:
+        """(chosen, rejected) sequence of every prompt."""
+        chosen = [row[int(c)] for row, c in zip(self.seqs_PN, pairs.chosen_P)]
+        rejected = [row[int(r)] for row, r in zip(self.seqs_PN, pairs.rejected_P)]
+        return chosen, rejected
+
+    def rows(self, step: int, scores_PN: torch.Tensor, pairs: Pairs) -> list[dict]:
+        """``rollouts.jsonl`` rows: one per prompt, with every response, its score and the pair's indices."""
+        return [
+            {
+                "step": step,
+                "prompt": self.prompts[i],
+                "responses": self.texts_PN[i],
+                "scores": scores_PN[i].tolist(),
+                "chosen": int(pairs.chosen_P[i]),
+                "rejected": int(pairs.rejected_P[i]),
+            }
+            for i in range(len(self.prompts))
+        ]
+
+
+def sync_weights(actor: WorkerGroup, rollout: WorkerGroup) -> None:
+    """Dedicated generating ranks take the training ranks' current weights (re-sharded if TP differs)."""
+    rollout.call_all("load_weights", [e for e in actor.call_all("export_shards") if e is not None])
+
+
+def score(rollout: Rollout, reward_fn: RewardFn | None, reward: WorkerGroup | None, eos_ids: list[int], missing_eos_penalty: float | None) -> torch.Tensor:
+    """[P, N] scores: the reward function's or the reward model's, minus the missing-EOS penalty."""
+    P, N = rollout.has_eos_PN.shape
+    if reward_fn is not None:
+        flat = call_reward_function(reward_fn, [p for p in rollout.prompts for _ in range(N)], [t for row in rollout.texts_PN for t in row])
+    else:
+        flat = reward.run_sharded("scores", [s for row in rollout.seqs_PN for s in row], eos_ids)
+    return apply_missing_eos_penalty(torch.tensor(flat).view(P, N), rollout.has_eos_PN, missing_eos_penalty)
+
+
+def reference_logps(ref: WorkerGroup, chosen: list[Sequence], rejected: list[Sequence]) -> tuple[list[float], list[float]]:
+    """The frozen reference's summed response log-probs of both members of every pair."""
+    logps = ref.run_sharded("logps", [s for c, r in zip(chosen, rejected) for s in (c, r)])
+    return logps[0::2], logps[1::2]
+
+
+@dataclass
+class TrainResult:
+    policy_chosen: list[float]  # per pair, from the first forward pass of the iteration (before any update)
+    policy_rejected: list[float]
+    grad_norm: float  # mean over the iteration's optimizer steps
+    learning_rate: float
+
+
+def train_on_pairs(
+    actor: WorkerGroup, chosen: list[Sequence], rejected: list[Sequence], ref_chosen: list[float], ref_rejected: list[float], mini_batch_per_rank: int
+) -> TrainResult:
+    """DPO update; each data-parallel rank trains on its own contiguous slice of the pairs."""
+    items = [
+        {"prompt_ids": c.prompt_ids, "chosen_ids": c.response_ids, "rejected_ids": r.response_ids, "ref_chosen": rc, "ref_rejected": rr}
+        for c, r, rc, rr in zip(chosen, rejected, ref_chosen, ref_rejected)
+    ]
+    per_dp = actor.run_per_dp("train", split(items, actor.dp_size), mini_batch_per_rank)
+    local = len(items) // actor.dp_size  # with ppo_epochs > 1 a rank returns every epoch's values: keep the first
+    grad_norms = per_dp[0]["grad_norm"]
+    return TrainResult(
+        policy_chosen=[x for o in per_dp for x in o["policy_chosen"][:local]],
+        policy_rejected=[x for o in per_dp for x in o["policy_rejected"][:local]],
+        grad_norm=sum(grad_norms) / len(grad_norms),
+        learning_rate=per_dp[0]["learning_rate"],
+    )
+
+
+def metrics_row(
+    step: int, rollout: Rollout, scores_PN: torch.Tensor, pairs: Pairs, ref_chosen: list[float], ref_rejected: list[float],
+    trained: TrainResult, *, beta: float, loss_type: str,
+) -> dict:  # fmt: skip
+    """The ``metrics.jsonl`` row of an iteration (without its timings)."""
+    idx = torch.arange(len(rollout.prompts))
+    metrics = dpo_metrics(
+        policy_chosen_B=torch.tensor(trained.policy_chosen),
+        policy_rejected_B=torch.tensor(trained.policy_rejected),
+        ref_chosen_B=torch.tensor(ref_chosen),
+        ref_rejected_B=torch.tensor(ref_rejected),
+        scores_chosen_B=scores_PN[idx, pairs.chosen_P],
+        scores_rejected_B=scores_PN[idx, pairs.rejected_P],
+        scores_PN=scores_PN,
+        has_eos_PN=rollout.has_eos_PN,
+        beta=beta,
+        loss_type=loss_type,
+    )
+    return {"step": step, **metrics, "grad_norm": trained.grad_norm, "learning_rate": trained.learning_rate}
