@@ -31,7 +31,7 @@ def parse_args(recipe: str, argv: list[str] | None = None) -> Args:
     )
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
     p.add_argument("overrides", nargs="*", metavar="key=value")
-    ns = p.parse_args(argv)
+    ns = p.parse_intermixed_args(argv)  # options may come after overrides too
     if ns.nodes < 1:
         p.error("--nodes must be >= 1")
     if ns.resume and ns.out:

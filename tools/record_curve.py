@@ -72,7 +72,7 @@ def main() -> int:
     p.add_argument("--nodes", type=int, default=1, help="nodes; >1 without RAY_ADDRESS starts a simulated cluster here")
     p.add_argument("--allow-dirty", action="store_true", help="record from uncommitted code (not for committed curves)")
     p.add_argument("overrides", nargs="*")
-    args = p.parse_args()
+    args = p.parse_intermixed_args()  # options may come between the recipe and the overrides
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout
     if dirty.strip() and not args.allow_dirty:
         print(f"refusing to record from a dirty tree; commit first:\n{dirty}", file=sys.stderr)
