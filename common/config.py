@@ -23,28 +23,17 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from common.arch import LlamaArch, check_arch
+
 # --------------------------------------------------------------------------------------- schema
 
 
-@dataclass
-class ModelConfig:
-    """Llama-3 architecture (field names match ``common.model.LlamaArch``)."""
-
-    num_layers: int = 2
-    hidden_size: int = 64
-    ffn_hidden_size: int = 256
-    num_attention_heads: int = 4
-    num_query_groups: int = 2
-    vocab_size: int = 128256
-    max_position_embeddings: int = 8192
-    rope_theta: float = 500000.0
-    rope_scaling_factor: Optional[float] = None
-    rope_low_freq_factor: float = 1.0
-    rope_high_freq_factor: float = 4.0
-    rope_original_max_position_embeddings: int = 8192
-    rms_norm_eps: float = 1e-5
-    tie_word_embeddings: bool = False
-    init_method_std: float = 0.02
+def _tiny_arch() -> LlamaArch:
+    """The ``model`` default: a 2-layer Llama-3 with the real vocabulary (recipes set their own)."""
+    return LlamaArch(
+        num_layers=2, hidden_size=64, ffn_hidden_size=256, num_attention_heads=4, num_query_groups=2,
+        vocab_size=128256, max_position_embeddings=8192,
+    )  # fmt: skip
 
 
 @dataclass
@@ -117,7 +106,7 @@ class RewardConfig:
     load: Optional[str] = None  # None (and no function): random-init reward model, seed training.seed+1
     function: Optional[str] = None  # "module:callable"; when set no reward model is built
     score_position: str = "eos"  # eos | before_eos
-    model: Optional[ModelConfig] = None  # architecture of a random-init reward model; None = `model`
+    model: Optional[LlamaArch] = None  # architecture of a random-init reward model; None = `model`
     micro_batch_size: Optional[int] = None
     tensor_model_parallel_size: Optional[int] = None
     pipeline_model_parallel_size: Optional[int] = None
@@ -145,7 +134,7 @@ class ResourcePoolConfig:
 @dataclass
 class RecipeConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: LlamaArch = field(default_factory=_tiny_arch)
     actor_rollout_ref: ActorRolloutRefConfig = field(default_factory=ActorRolloutRefConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
@@ -180,7 +169,7 @@ def _schema_keys(cls: type, prefix: str = "") -> list[str]:
 # `from __future__ import annotations` makes field types strings; map section names to classes.
 _SECTION_TYPES: dict[str, type] = {
     "training": TrainingConfig,
-    "model": ModelConfig,
+    "model": LlamaArch,
     "actor_rollout_ref": ActorRolloutRefConfig,
     "actor_rollout": ActorRolloutConfig,
     "ref": RefConfig,
@@ -386,9 +375,9 @@ def validate(cfg: DictConfig) -> None:
             raise ValueError(f"reward.function={cfg.reward.function!r}: expected 'module:callable', e.g. myrewards:score")
         if cfg.reward.load is not None:
             raise ValueError("reward.function and reward.load are both set; keep one (a function replaces the model)")
-    _validate_model(cfg.model, "model")
+    check_arch(cfg.model, "model")
     if cfg.reward.model is not None:
-        _validate_model(cfg.reward.model, "reward.model")
+        check_arch(cfg.reward.model, "reward.model")
     for role in roles_in_use(cfg):
         _validate_role_layout(cfg, role)
     gbs = t.global_batch_size
@@ -412,16 +401,6 @@ def validate(cfg: DictConfig) -> None:
                 f"training.global_batch_size={gbs} is not divisible by the data-parallel size {dp_role} of "
                 f"role {role} (resource_pool.{role} / (TP x PP)); every data-parallel rank needs its own slice"
             )
-
-
-def _validate_model(m: DictConfig, where: str) -> None:
-    if m.hidden_size % m.num_attention_heads:
-        raise ValueError(f"{where}.hidden_size={m.hidden_size} is not divisible by num_attention_heads={m.num_attention_heads}")
-    if m.num_attention_heads % m.num_query_groups:
-        raise ValueError(
-            f"{where}.num_attention_heads={m.num_attention_heads} is not divisible by "
-            f"num_query_groups={m.num_query_groups} (GQA)"
-        )
 
 
 def _validate_role_layout(cfg: DictConfig, role: str) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import re
 import zlib
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,49 +26,9 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer import TransformerConfig
 
+from common.arch import LlamaArch
+
 VOCAB_PAD_MULTIPLE = 128  # Megatron's default make_vocab_size_divisible_by
-
-
-@dataclass
-class LlamaArch:
-    """Llama-3 architecture; field names are also the model config keys."""
-
-    num_layers: int
-    hidden_size: int
-    ffn_hidden_size: int
-    num_attention_heads: int
-    num_query_groups: int
-    vocab_size: int
-    max_position_embeddings: int
-    rope_theta: float = 500000.0
-    rope_scaling_factor: float | None = None  # Llama-3 RoPE scaling; None = off
-    rope_low_freq_factor: float = 1.0
-    rope_high_freq_factor: float = 4.0
-    rope_original_max_position_embeddings: int = 8192
-    rms_norm_eps: float = 1e-5
-    tie_word_embeddings: bool = False
-    init_method_std: float = 0.02
-
-    def __post_init__(self) -> None:
-        if self.hidden_size % self.num_attention_heads != 0:
-            raise ValueError(
-                f"model: hidden_size {self.hidden_size} is not divisible by num_attention_heads "
-                f"{self.num_attention_heads}; pick sizes with hidden_size = heads * head_dim"
-            )
-        if self.num_attention_heads % self.num_query_groups != 0:
-            raise ValueError(
-                f"model: num_attention_heads {self.num_attention_heads} is not divisible by "
-                f"num_query_groups {self.num_query_groups}; use a divisor of the head count"
-            )
-        if self.rope_scaling_factor is not None and self.rope_scaling_factor <= 1.0:
-            raise ValueError(
-                f"model: rope_scaling_factor {self.rope_scaling_factor} must be > 1 "
-                "(or null to switch Llama-3 RoPE scaling off)"
-            )
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
 
 
 def padded_vocab_size(vocab_size: int, tensor_parallel_size: int) -> int:

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from common import checkpoint
-from common.cli import parse_args
+from common.cli import Args, parse_args
 from common.cluster import build_roles, plan_roles, start_ray
 from common.config import load_config, max_new_tokens
 from common.device import resolve_device
@@ -109,10 +109,11 @@ def open_session(recipe_dir: Path, argv: list[str] | None, get_files: dict[str, 
         raise SystemExit(f"error: {e}") from None
 
 
-def _open(recipe_dir: Path, args, get_files: dict[str, str]) -> Session:
+def _open(recipe_dir: Path, args: Args, get_files: dict[str, str]) -> Session:
     resume = checkpoint.resume_point(args.resume)  # None, or (run folder, checkpoint, driver state)
-    if resume:
-        overlay = json.loads((resume.run_dir / "command.json").read_text()).get("overlay") if (resume.run_dir / "command.json").is_file() else None
+    if resume:  # the stopped run's resolved config (overlay included); its overlay names the curve to plot
+        command = resume.run_dir / "command.json"
+        overlay = json.loads(command.read_text())["overlay"] if command.is_file() else None
         cfg = load_config(resume.run_dir / "config.yaml", args.overrides)
     else:
         overlay = str(overlay_file(recipe_dir, args.overlay)) if args.overlay else None

@@ -21,7 +21,9 @@ def check_curve(recipe: str, run_dir) -> None:
     expected = load_expected(ROOT / "recipes" / recipe, "cpu_scale")
     assert expected is not None, f"recipes/{recipe}/expected_loss.cpu_scale.json missing: record it with tools/record_curve.py"
     losses = [row["loss"] for row in read_jsonl(run_dir / "metrics.jsonl")]
-    assert abs(losses[0] - 0.6931472) < 1e-5  # policy == reference at step 1
+    # policy == reference at step 1: ln 2, up to fp32 summation order (the 8B actor is TP2 x PP2, its
+    # reference TP2 x PP1; summed log-probs of ~250 tokens differ in the 7th digit -> ~1e-5 in the loss)
+    assert abs(losses[0] - 0.6931472) < 1e-4
     assert compare(expected, losses) == []
 
 
