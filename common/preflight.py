@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from common.config import role_section, roles_in_use
+from common.config import resolve_path, role_section, roles_in_use
 
 LOAD_KEYS = {
     "actor_rollout": "actor_rollout_ref.actor_rollout.load",
@@ -35,8 +35,6 @@ def check_files(cfg: DictConfig, get_files: dict[str, str]) -> None:
     (relative to the project root): the exact download and conversion commands. A path the user
     changed gets the generic hint instead.
     """
-    from common.config import resolve_path
-
     known = {resolve_path(path): how for path, how in get_files.items()}
     missing = []
     for key in FILE_KEYS:

@@ -51,4 +51,4 @@ def test_reward_model_where_a_policy_belongs_fails_fast(hf_dirs, tmp_path):
 def test_missing_weights_say_what_to_download(tmp_path):
     proc = run_recipe("tiny", tmp_path / "run", f"reward.load={tmp_path / 'nowhere'}")
     assert proc.returncode != 0
-    assert "not found" in proc.stderr and "huggingface-cli download" in proc.stderr and "tools.convert_checkpoint" in proc.stderr
+    assert "not found" in proc.stderr and "hf download" in proc.stderr and "tools.convert_checkpoint" in proc.stderr
