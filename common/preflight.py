@@ -52,7 +52,8 @@ def check_files(cfg: DictConfig, get_files: dict[str, str]) -> None:
 
 
 def check_weights(cfg: DictConfig, tokenizer_size: int) -> None:
-    """Every role's ``load`` exists, is the right kind, fits the role's TP/PP and the tokenizer."""
+    """Every role's ``load`` (its existence checked by ``check_files`` first) is the right kind and
+    fits the role's TP/PP and the tokenizer."""
     for role in roles_in_use(cfg):
         if role == "rollout":  # the actor's generating ranks: the actor's weights, checked below
             continue
@@ -64,8 +65,6 @@ def check_weights(cfg: DictConfig, tokenizer_size: int) -> None:
             _check_vocab(role, "model" if role != "reward" else "reward.model", arch.vocab_size, tokenizer_size)
             continue
         key = LOAD_KEYS[role]
-        if not Path(path).exists():
-            raise ValueError(f"{key}={path}: not found; " + CONVERT_HINT.format(path=path))
         from common.convert import arch_from_path
 
         arch, is_reward = arch_from_path(path)
