@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from common.dpo import dpo_metrics
+from common.sampling import sample_key
 from common.pairs import Pairs, apply_missing_eos_penalty
 from common.prompts import PromptBatch, prompt_text
 from common.rewards import RewardFn, call_reward_function
@@ -55,6 +56,13 @@ class Rollout:
             }
             for i in range(len(self.prompts))
         ]
+
+
+def sampling_requests(batch: PromptBatch, n: int, seed: int, step: int) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, n sampling keys) per prompt for the generating workers. A sample's key is a
+    function of (seed, iteration, prompt position in the batch, sample index) only, so its
+    response does not depend on the data-parallel split, and a resumed run samples the same."""
+    return [(ids, [sample_key(seed, step, i, j) for j in range(n)]) for i, ids in enumerate(batch.ids)]
 
 
 def sync_weights(actor: WorkerGroup, rollout: WorkerGroup) -> None:

@@ -108,27 +108,28 @@ class RoleWorker:
         return model
 
     @torch.no_grad()
-    def _generate(self, model, prompts: list[list[int]], n: int, max_new_tokens: int, step: int, eos_ids: list[int]) -> list[list[list[int]]]:
-        """Sample ``n`` responses per prompt -> ``responses[prompt][sample]`` token ids."""
-        from megatron.core import parallel_state as ps
+    def _generate(self, model, requests: list[tuple[list[int], list[int]]], max_new_tokens: int, eos_ids: list[int]) -> list[list[list[int]]]:
+        """``requests``: (prompt ids, one sampling key per sample) per prompt -> ``responses[prompt][sample]``.
 
+        The keys come from the driver (common/rollout.py ``sampling_requests``), so what a prompt's
+        samples are does not depend on which data-parallel rank generates them."""
         from common.generation import generate
 
         a = self.cfg.actor_rollout_ref.actor_rollout
-        rows = [p for p in prompts for _ in range(n)]  # row i*n + j = prompt i, sample j
-        # seeded by (seed, step, data-parallel rank): identical on the TP ranks of a slice
-        seed = (self.cfg.training.seed * 1_000_003 + step) * 1_009 + ps.get_data_parallel_rank()
-        out = generate(
-            model,
-            rows,
-            max_new_tokens=max_new_tokens,
-            temperature=a.temperature,
-            top_k=a.top_k,
-            top_p=a.top_p,
-            eos_token_ids=eos_ids,
-            generator=torch.Generator().manual_seed(seed),
+        rows = [(ids, key) for ids, keys in requests for key in keys]  # prompt-major: prompt i, sample j
+        out = iter(
+            generate(
+                model,
+                [ids for ids, _ in rows],
+                max_new_tokens=max_new_tokens,
+                temperature=a.temperature,
+                top_k=a.top_k,
+                top_p=a.top_p,
+                eos_token_ids=eos_ids,
+                sample_keys=[key for _, key in rows],
+            )
         )
-        return [[out[i * n + j] for j in range(n)] for i in range(len(prompts))]
+        return [[next(out) for _ in keys] for _, keys in requests]
 
     def _micro_batches(self, seqs: list[Sequence], aux: dict[str, list] | None = None) -> list[PaddedBatch]:
         """Padded micro-batches of ``2 * micro_batch_size`` sequences (a micro-batch is counted in pairs)."""
@@ -197,8 +198,8 @@ class ActorWorker(RoleWorker):
         )
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], n: int, max_new_tokens: int, step: int, eos_ids: list[int]) -> list[list[list[int]]]:
-        return self._generate(self.model.module, prompts, n, max_new_tokens, step, eos_ids)
+    def generate(self, requests: list[tuple[list[int], list[int]]], max_new_tokens: int, eos_ids: list[int]) -> list[list[list[int]]]:
+        return self._generate(self.model.module, requests, max_new_tokens, eos_ids)
 
     def export_shards(self):
         """This rank's weights for the generating ranks: an object-store reference to
@@ -319,8 +320,8 @@ class GeneratorWorker(RoleWorker):
                 value = _shard(name, full, self.model.vocab_size, False)
             param.copy_(value.to(param.dtype))
 
-    def generate(self, prompts: list[list[int]], n: int, max_new_tokens: int, step: int, eos_ids: list[int]) -> list[list[list[int]]]:
-        return self._generate(self.model, prompts, n, max_new_tokens, step, eos_ids)
+    def generate(self, requests: list[tuple[list[int], list[int]]], max_new_tokens: int, eos_ids: list[int]) -> list[list[list[int]]]:
+        return self._generate(self.model, requests, max_new_tokens, eos_ids)
 
 
 class ReferenceWorker(RoleWorker):

@@ -8,6 +8,8 @@ from common.expected_curve import load_expected
 from common.outputs import read_jsonl
 from conftest import ROOT, run_recipe
 
+pytestmark = pytest.mark.slow  # Ray runs of the tiny recipe (see pytest.ini)
+
 
 @pytest.fixture(scope="module")
 def same_tp_run(tmp_path_factory):
@@ -20,6 +22,7 @@ def same_tp_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.curve
 def test_same_tp_generators_repeat_the_colocated_curve(same_tp_run):
     rows = read_jsonl(same_tp_run / "metrics.jsonl")
     expected = load_expected(ROOT / "recipes" / "tiny")["loss"][:3]

@@ -4,7 +4,7 @@ simulated two-node cluster, compared with the curves recorded by tools/record_cu
 fast failures before anything is built (missing weights, too few devices)."""
 
 import json
-import time
+import math
 
 import pytest
 
@@ -23,8 +23,8 @@ def check_curve(recipe: str, run_dir) -> None:
     losses = [row["loss"] for row in read_jsonl(run_dir / "metrics.jsonl")]
     # policy == reference at step 1: ln 2, up to fp32 summation order (the 8B actor is TP2 x PP2, its
     # reference TP2 x PP1; summed log-probs of ~250 tokens differ in the 7th digit -> ~1e-5 in the loss)
-    assert abs(losses[0] - 0.6931472) < 1e-4
-    assert compare(expected, losses) == []
+    assert abs(losses[0] - math.log(2)) < 1e-4
+    assert compare(expected, losses) == []  # every step within the tolerance, and no one-sided drift
 
 
 def placed(run_dir) -> dict[str, list[int]]:
@@ -65,14 +65,11 @@ def test_cpu_scale_overlays_change_only_what_they_document():
     ],
 )
 def test_missing_weights_fail_before_ray_with_the_commands(recipe, need, tmp_path):
-    start = time.monotonic()
     proc = run_recipe(recipe, tmp_path / "run")
-    seconds = time.monotonic() - start
     assert proc.returncode != 0
     assert "hf-to-mcore" in proc.stderr and all(s in proc.stderr for s in need), proc.stderr[-3000:]
-    assert "placement:" not in proc.stdout and "Traceback" not in proc.stderr  # stopped before Ray, cleanly
-    assert not (tmp_path / "run").exists()
-    print(f"{recipe}: failed in {seconds:.1f} s")
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()  # stopped before the run folder, so before Ray
 
 
 def test_llama32_1b_cpu_scale_on_one_node(tmp_path):

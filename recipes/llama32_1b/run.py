@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 from common.config import data_parallel_size  # noqa: E402
 from common.outputs import PhaseTimer  # noqa: E402
 from common.pairs import select_pairs  # noqa: E402
-from common.rollout import Rollout, metrics_row, reference_logps, score, sync_weights, train_on_pairs  # noqa: E402
+from common.rollout import Rollout, metrics_row, reference_logps, sampling_requests, score, sync_weights, train_on_pairs  # noqa: E402
 from common.session import open_session  # noqa: E402
 
 RECIPE_DIR = Path(__file__).resolve().parent
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                     sync_weights(actor, generator)
             with timer("generate"):
                 if run.fixed is None:
-                    responses = generator.run_sharded("generate", batch.ids, actor_cfg.n_samples_per_prompt, run.new_tokens, step, run.eos_ids)
+                    responses = generator.run_sharded("generate", sampling_requests(batch, actor_cfg.n_samples_per_prompt, cfg.training.seed, step), run.new_tokens, run.eos_ids)
                 else:  # accuracy-comparison mode: stored responses instead of sampling
                     responses = [run.fixed[i] for i in batch.indices]
             rollout = Rollout.of(batch, responses, run.tok, run.eos_ids)
