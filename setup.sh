@@ -16,5 +16,12 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/pip install --disable-pip-version-check -q -r requirements.txt
   echo "$want" > "$stamp"
 fi
+# The project itself, editable (pyproject.toml): `common`, `data`, `tools`, `bench` import from this
+# checkout wherever a command runs. Re-done when the checkout moved.
+here=$(pwd -P)
+if [ "$(cd / && "$here/.venv/bin/python" -c 'import common, pathlib; print(pathlib.Path(common.__file__).resolve().parents[1])' 2>/dev/null)" != "$here" ]; then
+  echo "[setup] installing this checkout (editable)"
+  .venv/bin/pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+fi
 .venv/bin/python -m tools.fetch_tokenizer --out assets/llama3_tokenizer
 echo "[setup] ready"
