@@ -14,7 +14,6 @@ from common.outputs import read_jsonl
 from conftest import ROOT, run_recipe
 from tools.simulated_cluster import simulated_cluster
 
-pytestmark = pytest.mark.slow
 
 
 def check_curve(recipe: str, run_dir) -> None:
@@ -72,6 +71,8 @@ def test_missing_weights_fail_before_ray_with_the_commands(recipe, need, tmp_pat
     assert not (tmp_path / "run").exists()  # stopped before the run folder, so before Ray
 
 
+@pytest.mark.slow
+@pytest.mark.curve
 def test_llama32_1b_cpu_scale_on_one_node(tmp_path):
     out = tmp_path / "run"
     proc = run_recipe("llama32_1b", out, "--overlay", "cpu_scale")
@@ -86,6 +87,8 @@ def two_nodes_of_8():
         yield {"RAY_ADDRESS": address}
 
 
+@pytest.mark.slow
+@pytest.mark.curve
 def test_llama3_8b_cpu_scale_on_two_simulated_nodes(two_nodes_of_8, tmp_path):
     out = tmp_path / "run"
     proc = run_recipe("llama3_8b", out, "--nodes", "2", "--overlay", "cpu_scale", "resource_pool.device_resource=NPU", env=two_nodes_of_8)
@@ -99,6 +102,7 @@ def test_llama3_8b_cpu_scale_on_two_simulated_nodes(two_nodes_of_8, tmp_path):
     check_curve("llama3_8b", out)
 
 
+@pytest.mark.slow
 def test_too_few_devices_fails_naming_the_roles_short(two_nodes_of_8, tmp_path):
     """The 8B recipe on one of the two 8-device nodes: 16 devices needed, 8 there."""
     proc = run_recipe("llama3_8b", tmp_path / "run", "--overlay", "cpu_scale", "resource_pool.device_resource=NPU", env=two_nodes_of_8)
