@@ -42,6 +42,7 @@ from pathlib import Path
 
 import torch
 
+from common.arch import layout_problem
 from common.checkpoint import fsync_dir
 from common.model import (
     LlamaArch,
@@ -230,11 +231,7 @@ def megatron_param_names(arch: LlamaArch, *, reward: bool, pp: int = 1, pp_rank:
     """Model-wide names of the parameters pipeline stage `pp_rank` of `pp` holds (what
     `model._global_names` yields for a model built there). Tied embeddings: the last stage of a
     pipeline (PP > 1) holds its own copy `output_layer.weight`; with PP = 1 there is none."""
-    if arch.num_layers % pp != 0:
-        raise ValueError(
-            f"pipeline split: num_layers {arch.num_layers} is not divisible by pp {pp}; "
-            "use a pp that divides the layer count"
-        )
+    _check_layout(arch, 1, pp)
     per_stage = arch.num_layers // pp
     first, last = pp_rank == 0, pp_rank == pp - 1
     names = ["embedding.word_embeddings.weight"] if first else []
@@ -551,52 +548,9 @@ def _meta(arch: LlamaArch, kind: str, tp: int, pp: int) -> dict:
 
 
 def _check_layout(arch: LlamaArch, tp: int, pp: int) -> None:
-    if tp < 1 or pp < 1:
-        raise ValueError(f"layout: tp {tp} and pp {pp} must be >= 1")
-    if arch.num_query_groups % tp != 0:
-        raise ValueError(
-            f"layout: tp {tp} does not divide the {arch.num_query_groups} KV heads "
-            "(num_key_value_heads); use a tp that divides it"
-        )
-    if arch.num_layers % pp != 0:
-        raise ValueError(f"layout: pp {pp} does not divide num_layers {arch.num_layers}; use a divisor")
-
-
-def iter_shards(
-    full: Mapping, arch: LlamaArch, *, reward: bool, tp: int, pp: int, progress: Progress = None
-) -> Iterator[tuple[int, int, dict[str, torch.Tensor]]]:
-    """(tp_rank, pp_rank, tensors) of every Megatron rank, from full tensors: `full` maps full
-    names to tensors (a dict, or `FullFromHF` to stream from a HF directory). One pipeline
-    stage is materialised at a time; each full tensor is read once."""
-    _check_layout(arch, tp, pp)
-    padded = padded_vocab_size(arch.vocab_size, tp)
-    for pp_rank in range(pp):
-        stage = [{} for _ in range(tp)]
-        for name in megatron_param_names(arch, reward=reward, pp=pp, pp_rank=pp_rank):
-            tensor = full[_full_source_name(name, arch, reward)]
-            for tp_rank in range(tp):
-                stage[tp_rank][name] = _shard(name, tensor, padded, reward, rank=tp_rank, tp=tp).clone()
-            if progress:
-                progress(1)
-        for tp_rank in range(tp):
-            yield tp_rank, pp_rank, stage[tp_rank]
-
-
-class FullFromHF(Mapping):
-    """Full-form tensors computed on demand from a HF state dict (or HFSafetensors)."""
-
-    def __init__(self, hf: Mapping, arch: LlamaArch, reward: bool):
-        self.hf, self.arch, self.reward = hf, arch, reward
-        self.names = megatron_param_names(arch, reward=reward)
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return _hf_full_tensor(name, self.hf, self.arch, self.reward)
-
-    def __iter__(self):
-        return iter(self.names)
-
-    def __len__(self) -> int:
-        return len(self.names)
+    problem = layout_problem(arch, tp, pp)
+    if problem:
+        raise ValueError(f"layout: {problem[1]}; use a --{problem[0]} that divides it")
 
 
 def write_checkpoint(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from common.arch import layout_problem
 from common.config import resolve_path, role_section, roles_in_use
 
 LOAD_KEYS = {
@@ -74,11 +75,9 @@ def check_weights(cfg: DictConfig, tokenizer_size: int) -> None:
             raise ValueError(f"{key}={path}: is {kind}, but role {role} needs {'a reward model' if want_reward else 'a causal language model'}")
         sec = role_section(cfg, role)
         tp, pp = sec.tensor_model_parallel_size, sec.pipeline_model_parallel_size
-        if arch.num_query_groups % tp or arch.num_attention_heads % tp or arch.num_layers % pp:
-            raise ValueError(
-                f"{key}={path}: {arch.num_attention_heads} heads / {arch.num_query_groups} KV groups / "
-                f"{arch.num_layers} layers do not split over TP={tp}, PP={pp}; change the role's parallel sizes"
-            )
+        problem = layout_problem(arch, tp, pp)
+        if problem:
+            raise ValueError(f"{key}={path}: {problem[1]}; change the role's parallel sizes")
         _check_vocab(role, key, arch.vocab_size, tokenizer_size)
 
 
