@@ -8,7 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from common.arch import layout_problem
-from common.config import resolve_path, role_section, roles_in_use
+from common.config import PROJECT_ROOT, resolve_path, role_section, roles_in_use
 
 LOAD_KEYS = {
     "actor_rollout": "actor_rollout_ref.actor_rollout.load",
@@ -29,6 +29,24 @@ FILE_KEYS = (
 )
 
 
+HUB_KEYS = ("training.tokenizer_name_or_path", *LOAD_KEYS.values())
+
+
+LOCAL_FOLDERS = {"models", "weights", "data", "datasets", "ckpt", "checkpoints", "runs", "assets"}  # never Hub orgs here
+
+
+def hub_id(path: str) -> str | None:
+    """``org/name`` when a missing path looks like a Hugging Face Hub id: two parts, given relative
+    (``resolve_path`` put it under the project root) and the first part is no folder here."""
+    try:
+        parts = Path(path).relative_to(PROJECT_ROOT).parts
+    except ValueError:
+        return None
+    if len(parts) != 2 or parts[0] in LOCAL_FOLDERS or (PROJECT_ROOT / parts[0]).exists() or Path(parts[0]).exists():
+        return None
+    return "/".join(parts)
+
+
 def check_files(cfg: DictConfig, get_files: dict[str, str]) -> None:
     """Every file a run reads exists; otherwise one error listing each missing path with how to get it.
 
@@ -45,6 +63,16 @@ def check_files(cfg: DictConfig, get_files: dict[str, str]) -> None:
         if path is None or Path(path).exists():
             continue
         how = known.get(path)
+        hub = hub_id(path)
+        if how is None and hub is not None and key in HUB_KEYS:
+            local = f"models/{hub.split('/')[1]}"
+            files = " --include 'tokenizer*' 'special_tokens_map.json'" if key == "training.tokenizer_name_or_path" else ""
+            missing.append(
+                f"  {key}={hub}: looks like a Hugging Face Hub id; a local folder is required (Hub ids are not "
+                f"downloaded); download it first:\n    -> .venv/bin/hf download {hub}{files} --local-dir {local}\n"
+                f"       then set {key}={local}"
+            )
+            continue
         if how is None:
             how = CONVERT_HINT.format(path=path) if key in LOAD_KEYS.values() else "check the path"
         missing.append(f"  {key}={path}: not found\n    -> {how}")
