@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from common.arch import LlamaArch, check_arch
+from common.arch import LlamaArch, check_arch, layout_problem
 
 # --------------------------------------------------------------------------------------- schema
 
@@ -283,6 +283,10 @@ def role_section(cfg: DictConfig, role: str) -> DictConfig:
     return cfg.reward if role == "reward" else cfg.actor_rollout_ref[role]
 
 
+def _section_key(role: str) -> str:
+    return "reward" if role == "reward" else f"actor_rollout_ref.{role}"
+
+
 def role_devices(cfg: DictConfig, role: str) -> int:
     """Devices of a role's own world; the actor pool is split into training and generating ranks."""
     if role == "actor_rollout":
@@ -330,6 +334,15 @@ def validate(cfg: DictConfig) -> None:
         if not value > 0:
             raise ValueError(f"{key}={value}: must be > 0")
 
+    for role in ROLES:  # first: every later rule divides by these
+        if role == "reward" and cfg.reward.function is not None:
+            continue
+        if cfg.resource_pool[role] < 1:
+            raise ValueError(f"resource_pool.{role}={cfg.resource_pool[role]}: must be >= 1 (devices of role {role})")
+    for key in ("training.micro_batch_size", *(f"{_section_key(r)}.micro_batch_size" for r in ROLES)):
+        if OmegaConf.select(cfg, key) < 1:
+            raise ValueError(f"{key}={OmegaConf.select(cfg, key)}: must be >= 1 (prompts per forward/backward)")
+    positive("actor_rollout_ref.actor_rollout.lr", actor.lr)
     positive("training.train_iters", t.train_iters)
     positive("training.global_batch_size", t.global_batch_size)
     positive("actor_rollout_ref.actor_rollout.temperature", actor.temperature)
@@ -406,9 +419,9 @@ def validate(cfg: DictConfig) -> None:
 def _validate_role_layout(cfg: DictConfig, role: str) -> None:
     tp, pp = role_parallel_sizes(cfg, role)
     devices = role_devices(cfg, role)
-    prefix = {"reward": "", "rollout": "actor_rollout_ref.actor_rollout.generate_"}.get(role, "actor_rollout_ref.")
     if tp < 1 or pp < 1:
-        raise ValueError(f"{prefix}{role}: tensor/pipeline parallel sizes must be >= 1 (got TP={tp}, PP={pp})")
+        raise ValueError(f"role {role}: tensor/pipeline parallel sizes must be >= 1 (got TP={tp}, PP={pp}); "
+                         f"set {_section_key(role) if role != 'rollout' else 'actor_rollout_ref.actor_rollout.generate_*'} sizes >= 1")
     if devices < 1 or devices % (tp * pp):
         what = {
             "actor_rollout": "resource_pool.actor_rollout - generate_devices",
@@ -419,14 +432,12 @@ def _validate_role_layout(cfg: DictConfig, role: str) -> None:
             f"for role {role}; make it {tp * pp} x (data-parallel size)"
         )
     arch = cfg.reward.model if role == "reward" and cfg.reward.model is not None else cfg.model
-    prefix = "actor_rollout_ref." if role != "reward" else ""
-    if arch.num_query_groups % tp or arch.num_attention_heads % tp:
-        raise ValueError(
-            f"role {role}: TP={tp} must divide num_attention_heads={arch.num_attention_heads} and "
-            f"num_query_groups={arch.num_query_groups}; lower {prefix}{role}.tensor_model_parallel_size"
-        )
-    if arch.num_layers % pp:
-        raise ValueError(f"role {role}: PP={pp} must divide num_layers={arch.num_layers}")
+    problem = layout_problem(arch, tp, pp)
+    if problem:
+        which, why = problem
+        key = "actor_rollout_ref.actor_rollout.generate_tensor_model_parallel_size" if role == "rollout" else (
+            f"{_section_key(role)}.{'tensor' if which == 'tp' else 'pipeline'}_model_parallel_size")
+        raise ValueError(f"role {role}: {why}; change {key}")
     if pp > 1 and role == "actor_rollout" and cfg.actor_rollout_ref.actor_rollout.generate_devices == 0:
         raise ValueError(
             f"role {role}: pipeline_model_parallel_size={pp}: the actor generates on its training ranks, "

@@ -26,7 +26,7 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer import TransformerConfig
 
-from common.arch import LlamaArch
+from common.arch import LlamaArch, layout_problem
 
 VOCAB_PAD_MULTIPLE = 128  # Megatron's default make_vocab_size_divisible_by
 
@@ -67,16 +67,9 @@ def _skip_init(tensor: torch.Tensor) -> None:
 def _transformer_config(arch: LlamaArch, dtype: torch.dtype) -> TransformerConfig:
     tp = parallel_state.get_tensor_model_parallel_world_size()
     pp = parallel_state.get_pipeline_model_parallel_world_size()
-    if arch.num_query_groups % tp != 0:
-        raise ValueError(
-            f"model: num_query_groups {arch.num_query_groups} is not divisible by tensor "
-            f"parallel size {tp}; use a TP size that divides the KV-head count"
-        )
-    if arch.num_layers % pp != 0:
-        raise ValueError(
-            f"model: num_layers {arch.num_layers} is not divisible by pipeline parallel size "
-            f"{pp}; use a PP size that divides the layer count"
-        )
+    problem = layout_problem(arch, tp, pp)
+    if problem:
+        raise ValueError(f"model: {problem[1]}; use a parallel layout that divides the model")
     return TransformerConfig(
         num_layers=arch.num_layers,
         hidden_size=arch.hidden_size,

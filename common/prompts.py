@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from common import jsonl
+
 ROLES = ("system", "user", "assistant")
 
 
@@ -145,32 +147,23 @@ def _read_json_prompt_column(path: str) -> list:
 
 def _json_objects(path: str):
     """Yield ``(row, object)`` with 1-based rows; blank lines are skipped but still counted."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    if path.endswith(".json") and text.lstrip().startswith("["):
+    with open(path, "rb") as f:
+        is_array = path.endswith(".json") and f.read(4096).lstrip().startswith(b"[")
+    if is_array:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
         try:
             array = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: invalid JSON ({e}); fix the file or write it as JSON lines") from e
         entries = enumerate(array, start=1)
     else:
-        entries = _json_lines(path, text)
+        entries = jsonl.read(path)
     for row, obj in entries:
         if not isinstance(obj, dict):
             raise ValueError(f"{path} row {row}: expected a JSON object, got {type(obj).__name__}; "
                              "write one {\"prompt\": ...} object per row")
         yield row, obj
-
-
-def _json_lines(path: str, text: str):
-    for row, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield row, json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} row {row}: invalid JSON ({e.msg} at column {e.colno}); "
-                             "each line must be one complete JSON object") from e
 
 
 def load_fixed_responses(path: str) -> dict[str, list[str]]:
@@ -180,9 +173,7 @@ def load_fixed_responses(path: str) -> dict[str, list[str]]:
     _check_file(path, "fixed responses file")
     fixed: dict[str, list[str]] = {}
     first_row: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    for row, obj in _json_lines(path, text):
+    for row, obj in jsonl.read(path):
         where = f"{path} row {row}"
         if not isinstance(obj, dict) or "prompt" not in obj or "responses" not in obj:
             raise ValueError(f"{where}: expected {{\"prompt\": <str>, \"responses\": [<str>, ...]}}, got {obj!r}")

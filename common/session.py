@@ -30,7 +30,7 @@ from common.config import load_config, max_new_tokens
 from common.device import resolve_device
 from common.expected_curve import load_expected
 from common.fixed_responses import fixed_response_ids
-from common.outputs import RunWriter, new_run_dir, plot_loss
+from common.outputs import RunWriter, check_out, new_run_dir, plot_loss
 from common.placement import describe, placement_record
 from common.preflight import check_files, check_weights
 from common.prompts import PromptStream, load_prompt_dataset
@@ -121,6 +121,8 @@ def _open(recipe_dir: Path, args: Args, get_files: dict[str, str]) -> Session:
     t, actor_cfg = cfg.training, cfg.actor_rollout_ref.actor_rollout
 
     # --- everything that can fail cheaply, before Ray starts -----------------------------------
+    if not resume:
+        check_out(args.out)
     check_files(cfg, get_files)
     device = resolve_device(t.device)
     device.compute_dtype(t.dtype)  # e.g. bf16 on a machine that resolved to CPU: fails here, not in a worker
@@ -137,9 +139,8 @@ def _open(recipe_dir: Path, args: Args, get_files: dict[str, str]) -> Session:
     reward_fn = load_reward_function(cfg.reward.function) if cfg.reward.function else None
 
     run_dir = resume.run_dir if resume else new_run_dir(recipe_dir.name, args.out)
-    if resume:  # rows of iterations after the checkpoint came from the run that stopped
-        checkpoint.truncate_jsonl(run_dir / "metrics.jsonl", first_step - 1)
-        checkpoint.truncate_jsonl(run_dir / "rollouts.jsonl", first_step - 1)
+    if resume:  # rows of iterations after the checkpoint came from the run that stopped (all checked above)
+        resume.truncate_logs()
     writer = RunWriter(run_dir, cfg)
     if not resume:
         writer.json("command.json", {"recipe": recipe_dir.name, "overlay": overlay, "nodes": args.nodes, "overrides": args.overrides})
