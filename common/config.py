@@ -43,6 +43,7 @@ class TrainingConfig:
     seq_length: int = 512  # prompt + response tokens
     seed: int = 1234
     save_interval: int = 0  # iterations between checkpoints (run folder/checkpoints); 0 = none
+    max_restarts: int = 0  # restarts of every role from the last checkpoint after a lost worker (needs save_interval)
     tokenizer_name_or_path: str = "assets/llama3_tokenizer"
     device: str = "auto"  # auto | cpu | cuda | npu
     dtype: str = "fp32"  # fp32 | bf16 | fp16 (CPU: fp32 only)
@@ -378,6 +379,11 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"actor_rollout_ref.actor_rollout.lr_warmup_fraction={actor.lr_warmup_fraction}: must be in [0, 1)")
     if actor.min_lr > actor.lr:
         raise ValueError(f"actor_rollout_ref.actor_rollout.min_lr={actor.min_lr} > lr={actor.lr}; lower min_lr")
+    if t.max_restarts < 0 or (t.max_restarts > 0 and t.save_interval <= 0):
+        raise ValueError(
+            f"training.max_restarts={t.max_restarts} with training.save_interval={t.save_interval}: a restart resumes "
+            "from the last checkpoint; set save_interval > 0 (or max_restarts=0), max_restarts >= 0"
+        )
     if t.device == "cpu" and t.dtype != "fp32":
         raise ValueError(
             f"training.dtype={t.dtype} on training.device=cpu: bf16/fp16 matmuls are ~500x slower on CPU; "

@@ -82,6 +82,21 @@ class RunWriter:
     def rollouts(self, rows: list[dict]) -> None:
         self._rollouts.write(rows)
 
+    def warning(self, step: int, text: str) -> None:
+        """``warnings.jsonl``: what the driver warned about (e.g. a collapsed policy), one row each."""
+        with open(self.dir / "warnings.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, "warning": text}) + "\n")
+
+    def rewind(self, last_step: int) -> None:
+        """Drop the rows of iterations after ``last_step`` (a restart goes back to a checkpoint)."""
+        from common.checkpoint import truncate_jsonl
+
+        self.close()
+        for name in ("metrics.jsonl", "rollouts.jsonl"):
+            truncate_jsonl(self.dir / name, last_step)
+        self._metrics = open(self.dir / "metrics.jsonl", "a")
+        self._rollouts = open(self.dir / "rollouts.jsonl", "a")
+
     def close(self) -> None:
         self._metrics.close()
         self._rollouts.close()

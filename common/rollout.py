@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import torch
 
 from common.dpo import dpo_metrics
-from common.sampling import sample_key
+from common.health import check_finite
 from common.pairs import Pairs, apply_missing_eos_penalty
 from common.prompts import PromptBatch, prompt_text
 from common.rewards import RewardFn, call_reward_function
+from common.sampling import sample_key
 from common.sequences import Sequence, has_eos, split
 from common.worker_group import WorkerGroup
 
@@ -105,6 +106,8 @@ def train_on_pairs(
     per_dp = actor.run_per_dp("train", split(items, actor.dp_size), mini_batch_per_rank)
     local = len(items) // actor.dp_size  # with ppo_epochs > 1 a rank returns every epoch's values: keep the first
     grad_norms = per_dp[0]["grad_norm"]
+    # NaN/inf stops the run here, before the iteration's checkpoint (common/health.py)
+    check_finite([x for o in per_dp for x in o["policy_chosen"] + o["policy_rejected"]], grad_norms)
     return TrainResult(
         policy_chosen=[x for o in per_dp for x in o["policy_chosen"][:local]],
         policy_rejected=[x for o in per_dp for x in o["policy_rejected"][:local]],
@@ -131,4 +134,10 @@ def metrics_row(
         beta=beta,
         loss_type=loss_type,
     )
-    return {"step": step, **metrics, "grad_norm": trained.grad_norm, "learning_rate": trained.learning_rate}
+    # per response token, comparable with its ceiling ln(vocab) (a uniform policy; common/health.py)
+    tokens = sum(len(s.response_ids) for row, c, r in zip(rollout.seqs_PN, pairs.chosen_P, pairs.rejected_P) for s in (row[int(c)], row[int(r)]))
+    entropy_per_token = -(sum(trained.policy_chosen) + sum(trained.policy_rejected)) / max(tokens, 1)
+    return {
+        "step": step, **metrics, "objective/entropy_per_token": entropy_per_token,
+        "grad_norm": trained.grad_norm, "learning_rate": trained.learning_rate,
+    }  # fmt: skip

@@ -17,20 +17,21 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from common.config import role_parallel_sizes, role_section
-from common.device import resolve_device
-from common.dpo import dpo_losses
-from common.schedule import run_microbatches
-from common.sequences import PaddedBatch, Sequence, chunks, pad_batch, score_positions, summed_response_logps
+from common.quiet import filter_library_warnings
+
+filter_library_warnings()  # before Megatron is imported (below): its import-time warnings say nothing here
+
+from common.config import role_parallel_sizes, role_section  # noqa: E402
+from common.device import resolve_device  # noqa: E402
+from common.dpo import dpo_losses  # noqa: E402
+from common.schedule import run_microbatches  # noqa: E402
+from common.sequences import PaddedBatch, Sequence, chunks, pad_batch, score_positions, summed_response_logps  # noqa: E402
 
 
 class RoleWorker:
     """Shared set-up: device, threads, distributed world, Megatron parallel state."""
 
     def __init__(self, role: str, cfg: dict, rank: int, world_size: int, num_threads: int):
-        # Megatron warns at import about optional CUDA kernels (Apex, Transformer Engine) it falls
-        # back from; those fallbacks are expected here and would drown the driver's output.
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
         self.role, self.rank, self.world_size = role, rank, world_size
         self.cfg = OmegaConf.create(cfg)
@@ -79,6 +80,7 @@ class RoleWorker:
             "is_output": ps.get_tensor_model_parallel_rank() == 0 and ps.is_pipeline_last_stage(),
             "node_id": ray.get_runtime_context().get_node_id(),
             "node_ip": ray.util.get_node_ip_address(),
+            "vocab_size": self.arch.vocab_size,  # a uniform policy's entropy is ln(vocab_size)
         }
 
     def build(self) -> None:
@@ -245,10 +247,9 @@ class ActorWorker(RoleWorker):
                 self.optimizer.zero_grad()
                 stats = run_microbatches(self.model, self._micro_batches(seqs, {"ref": refs}), dpo_loss, forward_only=False)
                 ok, grad_norm, _ = self.optimizer.step()
-                if not ok:
-                    raise RuntimeError("optimizer step skipped (inf/nan gradients)")
                 self.scheduler.step(increment=1)
-                grad_norms.append(float(grad_norm) if grad_norm is not None else float("nan"))
+                # not ok: fp16 overflow, step skipped; reported as an infinite norm (common/health.py)
+                grad_norms.append(float("inf") if not ok else float(grad_norm) if grad_norm is not None else float("nan"))
                 for s in stats:
                     policy_chosen += s["chosen"].tolist()
                     policy_rejected += s["rejected"].tolist()
