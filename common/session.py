@@ -29,6 +29,7 @@ from common.cluster import build_roles, plan_roles, start_ray
 from common.config import load_config, max_new_tokens
 from common.device import resolve_device
 from common.expected_curve import load_expected
+from common.final import save_final
 from common.fixed_responses import fixed_response_ids
 from common.outputs import RunWriter, new_run_dir, plot_loss
 from common.placement import describe, placement_record
@@ -54,6 +55,7 @@ class Session:
     first_step: int
     _writer: RunWriter
     _expected: dict | None
+    export_hf: str | None = None  # --export-hf DIR: a Hugging Face folder of the final actor
 
     def steps(self) -> Iterator[int]:
         """Iteration numbers still to run (1-based), with a progress bar the loop annotates."""
@@ -82,7 +84,8 @@ class Session:
     def finish(self) -> int:
         self._writer.close()
         png = plot_loss(self.run_dir, self._expected)
-        print(f"done: {self.cfg.training.train_iters} iterations. outputs in {self.run_dir}/ (metrics.jsonl, rollouts.jsonl, config.yaml, {png.name})")
+        final = save_final(self.roles["actor_rollout"], self.run_dir, self.export_hf, self.cfg.training.tokenizer_name_or_path)
+        print(f"done: {self.cfg.training.train_iters} iterations. outputs in {self.run_dir}/ (metrics.jsonl, rollouts.jsonl, config.yaml, {png.name}, {final})")
         return 0
 
 
@@ -157,5 +160,5 @@ def _open(recipe_dir: Path, args: Args, get_files: dict[str, str]) -> Session:
     return Session(
         recipe=recipe_dir.name, cfg=cfg, tok=tok, eos_ids=stop_token_ids(tok), stream=stream, new_tokens=new_tokens,
         fixed=fixed, reward_fn=reward_fn, roles=roles, run_dir=run_dir, first_step=first_step,
-        _writer=writer, _expected=load_expected(recipe_dir, overlay),
+        _writer=writer, _expected=load_expected(recipe_dir, overlay), export_hf=args.export_hf,
     )  # fmt: skip
