@@ -1,4 +1,4 @@
-"""The run folder: ``config.yaml``, ``metrics.jsonl``, ``rollouts.jsonl``, ``loss.png``.
+"""The run folder: ``config.yaml``, ``metrics.jsonl`` (+ ``tensorboard/``), ``rollouts.jsonl``, ``loss.png``.
 
 Lines are flushed as the run goes, so a crashed or running job can be inspected and plotted.
 """
@@ -43,12 +43,16 @@ class RunWriter:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
         self._metrics = open(run_dir / "metrics.jsonl", "a")
         self._rollouts = open(run_dir / "rollouts.jsonl", "a")
+        from common.tensorboard_log import TensorBoardLog
+
+        self._tensorboard = TensorBoardLog(run_dir)  # the same rows as event files (common/tensorboard_log.py)
 
     def metrics(self, row: dict) -> None:
         missing = [k for k in REQUIRED_METRICS if k not in row]
         assert not missing, f"metrics row lacks {missing}"
         self._metrics.write(json.dumps(row) + "\n")
         self._metrics.flush()
+        self._tensorboard.row(row)
 
     def json(self, name: str, obj: dict) -> None:
         (self.dir / name).write_text(json.dumps(obj, indent=1) + "\n")
@@ -60,6 +64,7 @@ class RunWriter:
     def close(self) -> None:
         self._metrics.close()
         self._rollouts.close()
+        self._tensorboard.close()
 
 
 class PhaseTimer:
