@@ -16,7 +16,7 @@ workers only return values, the driver (this) prints and writes.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +35,7 @@ from common.outputs import RunWriter, new_run_dir, plot_loss
 from common.placement import describe, placement_record
 from common.preflight import check_files, check_weights
 from common.prompts import PromptStream, load_prompt_dataset
-from common.rewards import load_reward_function
+from common.reward_terms import Rewards, build_rewards
 from common.tokenizer import load_tokenizer, stop_token_ids
 from common.worker_group import WorkerGroup
 
@@ -49,7 +49,7 @@ class Session:
     stream: PromptStream
     new_tokens: int  # response budget: seq_length - max_prompt_length
     fixed: dict[int, list[list[int]]] | None  # prompt index -> stored responses (accuracy-comparison mode)
-    reward_fn: Callable | None
+    rewards: Rewards  # the reward terms: model and/or functions, weighted (common/reward_terms.py)
     roles: dict[str, WorkerGroup]  # actor_rollout, [rollout], ref, [reward]
     run_dir: Path
     first_step: int
@@ -137,7 +137,7 @@ def _open(recipe_dir: Path, args: Args, get_files: dict[str, str]) -> Session:
         first_step = resume.state["step"] + 1
     n, new_tokens = actor_cfg.n_samples_per_prompt, max_new_tokens(cfg)
     fixed = fixed_response_ids(actor_cfg.fixed_responses, tok, raw_prompts, n, new_tokens) if actor_cfg.fixed_responses else None
-    reward_fn = load_reward_function(cfg.reward.function) if cfg.reward.function else None
+    rewards = build_rewards(cfg.reward, tok)  # imports reward functions, loads a reward tokenizer: fails before Ray
 
     run_dir = resume.run_dir if resume else new_run_dir(recipe_dir.name, args.out)
     if resume:  # rows of iterations after the checkpoint came from the run that stopped
@@ -159,6 +159,6 @@ def _open(recipe_dir: Path, args: Args, get_files: dict[str, str]) -> Session:
         print(f"resumed from {resume.checkpoint} at iteration {first_step}", flush=True)
     return Session(
         recipe=recipe_dir.name, cfg=cfg, tok=tok, eos_ids=stop_token_ids(tok), stream=stream, new_tokens=new_tokens,
-        fixed=fixed, reward_fn=reward_fn, roles=roles, run_dir=run_dir, first_step=first_step,
+        fixed=fixed, rewards=rewards, roles=roles, run_dir=run_dir, first_step=first_step,
         _writer=writer, _expected=load_expected(recipe_dir, overlay), export_hf=args.export_hf,
     )  # fmt: skip
