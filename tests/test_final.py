@@ -90,3 +90,51 @@ def test_tensorboard_has_every_metric(short_run):
     assert [e.step for e in loss] == [1, 2]
     assert [e.value for e in loss] == pytest.approx([r["loss"] for r in rows], rel=1e-6)
     assert (short_run / "run" / "rollouts.jsonl").is_file()
+
+
+def _evaluate(run_dir, out, *extra):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.evaluate", "--run", str(run_dir), "--prompts", str(ROOT / "data/prompts/tiny_prompts.jsonl"),
+         "--n", "8", "--out", str(out), *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "win rate" in proc.stdout
+    return json.loads(out.read_text())
+
+
+def test_evaluate_with_the_runs_reward_model(short_run, tmp_path):
+    """tiny's reward is a random-init reward model: rebuilt in-process from the run's config."""
+    import math
+
+    result = _evaluate(short_run / "run", tmp_path / "eval.json")
+    assert result["n"] == 8 == len(result["samples"])
+    for key in ("win_rate", "mean_reward_initial", "mean_reward_trained", "kl"):
+        assert math.isfinite(result[key])
+    assert 0.0 <= result["win_rate"] <= 1.0
+    lo, hi = result["win_rate_ci95"]
+    assert lo <= result["win_rate"] <= hi
+
+
+def test_evaluate_same_policy_is_a_tie_with_zero_kl(short_run, tmp_path):
+    """A run whose final weights are its starting weights: paired samples are identical, so every
+    prompt ties (win rate 0.5) and the KL to the reference is exactly 0; --reward replaces the reward."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    run = tmp_path / "same"
+    run.mkdir()
+    shutil.copytree(short_run / "run" / "final", run / "final")
+    cfg = OmegaConf.load(short_run / "run" / "config.yaml")
+    cfg.actor_rollout_ref.actor_rollout.load = str(run / "final")
+    OmegaConf.save(cfg, run / "config.yaml")
+    result = _evaluate(run, tmp_path / "eval.json", "--reward", "reward_functions.sentiment:vader")
+    assert result["reward"] == "reward_functions.sentiment:vader"
+    assert result["win_rate"] == 0.5
+    assert result["mean_reward_initial"] == result["mean_reward_trained"]
+    assert result["kl"] == 0.0
+    assert all(s["initial"] == s["trained"] for s in result["samples"])
