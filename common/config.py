@@ -19,7 +19,7 @@ import difflib
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -106,6 +106,13 @@ class ActorRolloutRefConfig:
 class RewardConfig:
     load: Optional[str] = None  # None (and no function): random-init reward model, seed training.seed+1
     function: Optional[str] = None  # "module:callable"; when set no reward model is built
+    # more "module:callable" terms, and one weight per term (reward model, function, functions);
+    # the rules and examples are in common/reward_terms.py
+    functions: List[str] = field(default_factory=list)
+    weights: Optional[List[float]] = None  # None: every term 1.0
+    # the reward model's tokenizer (HF dir); None: reward.load's own when it ships one, else the
+    # policy's. A different tokenizer or chat template -> responses re-rendered (common/reward_tokenize.py)
+    tokenizer_name_or_path: Optional[str] = None
     score_position: str = "eos"  # eos | before_eos
     model: Optional[LlamaArch] = None  # architecture of a random-init reward model; None = `model`
     micro_batch_size: Optional[int] = None
@@ -246,7 +253,7 @@ def _resolve_roles(cfg: DictConfig) -> None:
         actor.generate_tensor_model_parallel_size = actor.tensor_model_parallel_size
     if actor.ppo_mini_batch_size is None:
         actor.ppo_mini_batch_size = cfg.training.global_batch_size
-    if cfg.reward.model is None and cfg.reward.function is None and cfg.reward.load is None:
+    if cfg.reward.model is None and uses_reward_model(cfg) and cfg.reward.load is None:
         cfg.reward.model = cfg.model.copy()
 
 
@@ -258,6 +265,7 @@ PATH_KEYS = (
     "actor_rollout_ref.actor_rollout.load",
     "actor_rollout_ref.ref.load",
     "reward.load",
+    "reward.tokenizer_name_or_path",
 )
 
 
@@ -310,6 +318,12 @@ def data_parallel_size(cfg: DictConfig, role: str) -> int:
     return role_devices(cfg, role) // (tp * pp)
 
 
+def uses_reward_model(cfg: DictConfig) -> bool:
+    """A reward model is built unless a function replaces it (common/reward_terms.py)."""
+    r = cfg.reward
+    return r.function is None and (r.load is not None or not r.functions)
+
+
 def roles_in_use(cfg: DictConfig) -> tuple[str, ...]:
     """Worker groups of a run, in placement order: the actor's training ranks, its generating
     ranks ("rollout", when it has any), the reference, and the reward model unless a reward
@@ -318,7 +332,7 @@ def roles_in_use(cfg: DictConfig) -> tuple[str, ...]:
     if cfg.actor_rollout_ref.actor_rollout.generate_devices > 0:
         roles.append("rollout")
     roles.append("ref")
-    if cfg.reward.function is None:
+    if uses_reward_model(cfg):
         roles.append("reward")
     return tuple(roles)
 
@@ -394,6 +408,18 @@ def validate(cfg: DictConfig) -> None:
             raise ValueError(f"reward.function={cfg.reward.function!r}: expected 'module:callable', e.g. myrewards:score")
         if cfg.reward.load is not None:
             raise ValueError("reward.function and reward.load are both set; keep one (a function replaces the model)")
+    for spec in cfg.reward.functions:
+        if ":" not in spec:
+            raise ValueError(f"reward.functions: {spec!r} is not 'module:callable'; write e.g. reward.functions=[myrewards:score]")
+    if cfg.reward.weights is not None:
+        from common.reward_terms import term_names
+
+        names = term_names(cfg.reward)
+        if len(cfg.reward.weights) != len(names):
+            raise ValueError(
+                f"reward.weights={list(cfg.reward.weights)}: {len(cfg.reward.weights)} weights for {len(names)} reward terms "
+                f"({', '.join(names)}); give one weight per term, in that order"
+            )
     check_arch(cfg.model, "model")
     if cfg.reward.model is not None:
         check_arch(cfg.reward.model, "reward.model")

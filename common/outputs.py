@@ -1,4 +1,4 @@
-"""The run folder: ``config.yaml``, ``metrics.jsonl``, ``rollouts.jsonl``, ``loss.png``.
+"""The run folder: ``config.yaml``, ``metrics.jsonl`` (+ ``tensorboard/``), ``rollouts.jsonl``, ``loss.png``.
 
 Lines are flushed as the run goes, so a crashed or running job can be inspected and plotted.
 """
@@ -70,11 +70,15 @@ class RunWriter:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
         self._metrics = jsonl.Appender(run_dir / "metrics.jsonl")
         self._rollouts = jsonl.Appender(run_dir / "rollouts.jsonl")
+        from common.tensorboard_log import TensorBoardLog
+
+        self._tensorboard = TensorBoardLog(run_dir)  # the same rows as event files (common/tensorboard_log.py)
 
     def metrics(self, row: dict) -> None:
         missing = [k for k in REQUIRED_METRICS if k not in row]
         assert not missing, f"metrics row lacks {missing}"
         self._metrics.write([row])
+        self._tensorboard.row(row)
 
     def json(self, name: str, obj: dict) -> None:
         (self.dir / name).write_text(json.dumps(obj, indent=1) + "\n")
@@ -84,22 +88,25 @@ class RunWriter:
 
     def warning(self, step: int, text: str) -> None:
         """``warnings.jsonl``: what the driver warned about (e.g. a collapsed policy), one row each."""
-        with open(self.dir / "warnings.jsonl", "a") as f:
-            f.write(json.dumps({"step": step, "warning": text}) + "\n")
+        appender = jsonl.Appender(self.dir / "warnings.jsonl")
+        appender.write([{"step": step, "warning": text}])
+        appender.close()
 
     def rewind(self, last_step: int) -> None:
         """Drop the rows of iterations after ``last_step`` (a restart goes back to a checkpoint)."""
-        from common.checkpoint import truncate_jsonl
+        from common.checkpoint import LOGS, rows_end
 
-        self.close()
-        for name in ("metrics.jsonl", "rollouts.jsonl"):
-            truncate_jsonl(self.dir / name, last_step)
-        self._metrics = open(self.dir / "metrics.jsonl", "a")
-        self._rollouts = open(self.dir / "rollouts.jsonl", "a")
+        self._metrics.close()
+        self._rollouts.close()
+        for name in LOGS:
+            os.truncate(self.dir / name, rows_end(self.dir / name, last_step))
+        self._metrics = jsonl.Appender(self.dir / "metrics.jsonl")
+        self._rollouts = jsonl.Appender(self.dir / "rollouts.jsonl")
 
     def close(self) -> None:
         self._metrics.close()
         self._rollouts.close()
+        self._tensorboard.close()
 
 
 class PhaseTimer:

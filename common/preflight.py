@@ -26,6 +26,7 @@ FILE_KEYS = (
     "actor_rollout_ref.actor_rollout.data_path",
     "actor_rollout_ref.actor_rollout.fixed_responses",
     *LOAD_KEYS.values(),
+    "reward.tokenizer_name_or_path",
 )
 
 
@@ -57,7 +58,7 @@ def check_files(cfg: DictConfig, get_files: dict[str, str]) -> None:
     known = {resolve_path(path): how for path, how in get_files.items()}
     missing = []
     for key in FILE_KEYS:
-        if key == "reward.load" and cfg.reward.function is not None:
+        if key in ("reward.load", "reward.tokenizer_name_or_path") and "reward" not in roles_in_use(cfg):
             continue
         path = OmegaConf.select(cfg, key)
         if path is None or Path(path).exists():

@@ -15,7 +15,7 @@ from common.dpo import dpo_metrics
 from common.health import check_finite
 from common.pairs import Pairs, apply_missing_eos_penalty
 from common.prompts import PromptBatch, prompt_text
-from common.rewards import RewardFn, call_reward_function
+from common.reward_terms import Rewards
 from common.sampling import sample_key
 from common.sequences import Sequence, has_eos, split
 from common.worker_group import WorkerGroup
@@ -27,6 +27,7 @@ class Rollout:
     seqs_PN: list[list[Sequence]]  # [P][N] prompt ids + response ids
     texts_PN: list[list[str]]  # [P][N] decoded responses (special tokens skipped)
     has_eos_PN: torch.Tensor  # [P, N] bool: the response ended with a stop token
+    raw_prompts: list  # [P] as given (str or messages): a reward model with its own template re-renders them
 
     @classmethod
     def of(cls, batch: PromptBatch, responses_PN: list[list[list[int]]], tok, eos_ids: list[int]) -> "Rollout":
@@ -36,6 +37,7 @@ class Rollout:
             seqs_PN=[[Sequence(ids, r) for r in row] for ids, row in zip(batch.ids, responses_PN)],
             texts_PN=[[tok.decode(r, skip_special_tokens=True) for r in row] for row in responses_PN],
             has_eos_PN=torch.tensor([[has_eos(r, stops) for r in row] for row in responses_PN]),
+            raw_prompts=list(batch.prompts),
         )
 
     def pairs(self, pairs: Pairs) -> tuple[list[Sequence], list[Sequence]]:
@@ -71,13 +73,17 @@ def sync_weights(actor: WorkerGroup, rollout: WorkerGroup) -> None:
     rollout.call_all("load_weights", [e for e in actor.call_all("export_shards") if e is not None])
 
 
-def score(rollout: Rollout, reward_fn: RewardFn | None, reward: WorkerGroup | None, eos_ids: list[int], missing_eos_penalty: float | None) -> torch.Tensor:
-    """[P, N] scores: the reward function's or the reward model's, minus the missing-EOS penalty."""
+def score(rollout: Rollout, rewards: Rewards, reward: WorkerGroup | None, eos_ids: list[int], missing_eos_penalty: float | None) -> torch.Tensor:
+    """[P, N] scores: the run's reward terms (model and/or functions, weighted; common/reward_terms.py),
+    minus the missing-EOS penalty."""
     P, N = rollout.has_eos_PN.shape
-    if reward_fn is not None:
-        flat = call_reward_function(reward_fn, [p for p in rollout.prompts for _ in range(N)], [t for row in rollout.texts_PN for t in row])
-    else:
-        flat = reward.run_sharded("scores", [s for row in rollout.seqs_PN for s in row], eos_ids)
+    flat = rewards.score(
+        [p for p in rollout.raw_prompts for _ in range(N)],
+        [t for row in rollout.texts_PN for t in row],
+        [s for row in rollout.seqs_PN for s in row],
+        eos_ids,
+        model=None if reward is None else (lambda seqs, stops: reward.run_sharded("scores", seqs, stops)),
+    )
     return apply_missing_eos_penalty(torch.tensor(flat).view(P, N), rollout.has_eos_PN, missing_eos_penalty)
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +42,7 @@ from common.config import load_config, max_new_tokens
 from common.device import resolve_device
 from common.expected_curve import load_expected
 from common.failures import WORKER_ERRORS, WorkerFailure, describe_failure
+from common.final import save_final
 from common.fixed_responses import fixed_response_ids
 from common.health import CollapseWatch, NonFiniteError
 from common.outputs import RunWriter, check_out, new_run_dir, plot_loss
@@ -49,7 +50,7 @@ from common.placement import describe, placement_record
 from common.preflight import check_files, check_weights
 from common.prompts import PromptStream, load_prompt_dataset
 from common.quiet import filter_library_warnings
-from common.rewards import load_reward_function
+from common.reward_terms import Rewards, build_rewards
 from common.stop_signals import StopSignals
 from common.tokenizer import load_tokenizer, stop_token_ids
 from common.worker_group import WorkerGroup
@@ -64,7 +65,7 @@ class Session:
     stream: PromptStream
     new_tokens: int  # response budget: seq_length - max_prompt_length
     fixed: dict[int, list[list[int]]] | None  # prompt index -> stored responses (accuracy-comparison mode)
-    reward_fn: Callable | None
+    rewards: Rewards  # the reward terms: model and/or functions, weighted (common/reward_terms.py)
     roles: dict[str, WorkerGroup]  # actor_rollout, [rollout], ref, [reward]
     run_dir: Path
     first_step: int
@@ -77,6 +78,7 @@ class Session:
     _last_done: int | None = None  # last iteration finished in this process (since the last restart)
     _restart_at: int | None = None
     _warned: list[str] = field(default_factory=list)
+    export_hf: str | None = None  # --export-hf DIR: a Hugging Face folder of the final actor
 
     def steps(self) -> Iterator[int]:
         """Iteration numbers still to run (1-based), with a progress bar the loop annotates.
@@ -192,7 +194,8 @@ class Session:
         if self._warned:
             print(f"{len(self._warned)} warning(s) during the run, see warnings.jsonl; the last: {self._warned[-1]}", file=sys.stderr)
         if not self.stop.requested:
-            print(f"done: {self.cfg.training.train_iters} iterations. {outputs}")
+            final = save_final(self.roles["actor_rollout"], self.run_dir, self.export_hf, self.cfg.training.tokenizer_name_or_path)
+            print(f"done: {self.cfg.training.train_iters} iterations. {outputs}; the trained actor: {final}")
             return 0
         ckpt = checkpoint.latest(self.run_dir)
         last = self._last_done if self._last_done is not None else self.first_step - 1
@@ -259,7 +262,7 @@ def _open(recipe_dir: Path, args: Args, get_files: dict[str, str], stop: StopSig
         first_step = resume.state["step"] + 1
     n, new_tokens = actor_cfg.n_samples_per_prompt, max_new_tokens(cfg)
     fixed = fixed_response_ids(actor_cfg.fixed_responses, tok, raw_prompts, n, new_tokens) if actor_cfg.fixed_responses else None
-    reward_fn = load_reward_function(cfg.reward.function) if cfg.reward.function else None
+    rewards = build_rewards(cfg.reward, tok)  # imports reward functions, loads a reward tokenizer: fails before Ray
 
     # --- Ray: with --nodes N the cluster must exist before the run folder does -----------------
     start_ray(args.nodes)
@@ -283,8 +286,8 @@ def _open(recipe_dir: Path, args: Args, get_files: dict[str, str], stop: StopSig
         print(f"resumed from {resume.checkpoint} at iteration {first_step}", flush=True)
     return Session(
         recipe=recipe_dir.name, cfg=cfg, tok=tok, eos_ids=stop_token_ids(tok), stream=stream, new_tokens=new_tokens,
-        fixed=fixed, reward_fn=reward_fn, roles=roles, run_dir=run_dir, first_step=first_step, stop=stop,
-        _writer=writer, _expected=load_expected(recipe_dir, overlay),
+        fixed=fixed, rewards=rewards, roles=roles, run_dir=run_dir, first_step=first_step, stop=stop,
+        _writer=writer, _expected=load_expected(recipe_dir, overlay), export_hf=args.export_hf,
         _start={"step": first_step - 1, "stream": stream.state_dict()}, _restarts_left=t.max_restarts,
         _collapse=CollapseWatch(roles["actor_rollout"].layouts[0]["vocab_size"]),
     )  # fmt: skip

@@ -159,8 +159,16 @@ class ActorWorker(RoleWorker):
 
         from common.config import optimizer_steps_per_iter
 
+        from common.hf_semantics import pad_token_id, source_hf_config, stop_lookup_gradient
+
         a = self.cfg.actor_rollout_ref.actor_rollout
         policy = self._build(a.load, reward=False, seed=self.cfg.training.seed)
+        # the HF config.json the weights came from: re-emitted with the final checkpoint, and its
+        # pad_token_id (HF's padding_idx) keeps that embedding row out of the lookup's gradient
+        self.hf_config = source_hf_config(a.load)
+        self.frozen_pad_id = pad_token_id(self.hf_config)
+        if self.frozen_pad_id is not None:
+            stop_lookup_gradient(policy, self.frozen_pad_id)
         self.model = DistributedDataParallel(
             config=policy.config,
             ddp_config=DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False),
@@ -260,6 +268,12 @@ class ActorWorker(RoleWorker):
             "learning_rate": self.optimizer.param_groups[0]["lr"],
         }
 
+    def save_weights(self, out_dir: str) -> None:
+        """Collective: the trained weights alone, in this project's checkpoint format (atomic), with
+        the source HF config.json when the actor was loaded from one (``RUN_DIR/final``)."""
+        from common.convert import save_checkpoint
+
+        save_checkpoint(self.model.module, Path(out_dir), self.arch, hf_config=self.hf_config)
 
     def save(self, ckpt_dir: str) -> None:
         """Collective: weights (one file per TP/PP rank) and this rank's optimizer, schedule, RNG."""

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 # 2. reward: one score per response, minus the missing-EOS penalty
                 with timer("reward"):
-                    scores_PN = score(rollout, run.reward_fn, reward, run.eos_ids, actor_cfg.missing_eos_penalty)
+                    scores_PN = score(rollout, run.rewards, reward, run.eos_ids, actor_cfg.missing_eos_penalty)
 
                 # 3. pairs: best vs worst response of each prompt
                 pairs = select_pairs(scores_PN)
