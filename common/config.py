@@ -288,6 +288,16 @@ def _resolve_paths(cfg: DictConfig) -> None:
 # ---------------------------------------------------------------------------------- validation
 
 
+def role_load(cfg: DictConfig, role: str) -> str | None:
+    """The weights a role starts from (None: random init from the config's architecture). The
+    reference defaults to the actor's starting weights (with no ``load`` at all both are the same
+    seeded init, identical for any TP/PP layout); generating ranks hold the actor's."""
+    if role in ("ref", "rollout"):
+        own = cfg.actor_rollout_ref.ref.load if role == "ref" else None
+        return own or cfg.actor_rollout_ref.actor_rollout.load
+    return role_section(cfg, role).load
+
+
 def role_section(cfg: DictConfig, role: str) -> DictConfig:
     return cfg.reward if role == "reward" else cfg.actor_rollout_ref[role]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from common.arch import layout_problem
-from common.config import PROJECT_ROOT, resolve_path, role_section, roles_in_use
+from common.config import PROJECT_ROOT, resolve_path, role_load, role_section, roles_in_use
 
 LOAD_KEYS = {
     "actor_rollout": "actor_rollout_ref.actor_rollout.load",
@@ -87,9 +87,7 @@ def check_weights(cfg: DictConfig, tokenizer_size: int) -> None:
     for role in roles_in_use(cfg):
         if role == "rollout":  # the actor's generating ranks: the actor's weights, checked below
             continue
-        path = role_section(cfg, role).load
-        if role == "ref" and path is None:
-            path = cfg.actor_rollout_ref.actor_rollout.load
+        path = role_load(cfg, role)
         if path is None:
             arch = cfg.reward.model if role == "reward" else cfg.model
             _check_vocab(role, "model" if role != "reward" else "reward.model", arch.vocab_size, tokenizer_size)

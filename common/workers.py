@@ -343,10 +343,9 @@ class ReferenceWorker(RoleWorker):
     """Frozen copy of the starting policy: summed response log-probs, no temperature scaling."""
 
     def build(self) -> None:
-        # default: the actor's starting weights (same load, or same architecture and seed: weights
-        # are identical for any TP/PP layout)
-        load = self.cfg.actor_rollout_ref.ref.load or self.cfg.actor_rollout_ref.actor_rollout.load
-        self.model = self._build(load, reward=False, seed=self.cfg.training.seed)
+        from common.config import role_load
+
+        self.model = self._build(role_load(self.cfg, "ref"), reward=False, seed=self.cfg.training.seed)
         self.model.eval()
         self.model.requires_grad_(False)
 

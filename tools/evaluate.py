@@ -127,7 +127,7 @@ def _summed_logps(model, seqs, batch_size: int = 8) -> list[float]:
 
 def evaluate(run_dir: Path, prompts_path: str, reward: str | None, n: int | None, batch_size: int, seed: int | None) -> dict:
     from common import parallel
-    from common.config import load_config, max_new_tokens
+    from common.config import load_config, max_new_tokens, role_load
     from common.device import resolve_device
     from common.final import FINAL
     from common.pairs import apply_missing_eos_penalty
@@ -168,7 +168,7 @@ def evaluate(run_dir: Path, prompts_path: str, reward: str | None, n: int | None
             if name == "trained":
                 logps["trained"] = _summed_logps(model, [Sequence(p, r) for p, r in zip(ids, responses[name])])
             del model
-        ref = _policy(cfg, cfg.actor_rollout_ref.ref.load or a.load, dtype, tdev)
+        ref = _policy(cfg, role_load(cfg, "ref"), dtype, tdev)
         logps["ref"] = _summed_logps(ref, [Sequence(p, r) for p, r in zip(ids, responses["trained"])])
         del ref
         model_scorer = _reward_model_scorer(cfg, dtype, tdev) if rewards.model_weight is not None else None
