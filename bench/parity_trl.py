@@ -53,7 +53,7 @@ import torch  # noqa: E402
 
 from common.fixed_responses import fixed_response_ids  # noqa: E402
 from common.outputs import read_jsonl  # noqa: E402
-from common.prompts import prompt_text  # noqa: E402
+from common.messages import prompt_text  # noqa: E402
 from common.tokenizer import load_tokenizer, render_prompt_ids  # noqa: E402
 
 TOKENIZER = ROOT / "assets" / "llama3_tokenizer"

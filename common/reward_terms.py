@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from common.prompts import prompt_text
+from common.messages import prompt_text
 from common.reward_tokenize import RewardRetokenizer, load_reward_retokenizer
 from common.rewards import RewardFn, call_reward_function, load_reward_function
 from common.sequences import Sequence

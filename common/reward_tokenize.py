@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.prompts import normalize_prompt
+from common.messages import normalize_prompt
 from common.sequences import Sequence
 from common.tokenizer import load_tokenizer, stop_token_ids
 

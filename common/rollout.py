@@ -14,7 +14,8 @@ import torch
 from common.dpo import dpo_metrics
 from common.health import check_finite
 from common.pairs import Pairs, apply_missing_eos_penalty
-from common.prompts import PromptBatch, prompt_text
+from common.messages import prompt_text
+from common.prompts import PromptBatch
 from common.reward_terms import Rewards
 from common.sampling import sample_key
 from common.sequences import Sequence, has_eos, split

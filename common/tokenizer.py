@@ -8,7 +8,7 @@ written here, the single source the tool copies into ``tokenizer_config.json``.
 import os
 from typing import TYPE_CHECKING
 
-from common.prompts import normalize_prompt
+from common.messages import normalize_prompt
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast

@@ -12,7 +12,7 @@ reply, and tokenized exactly as ``common.tokenizer.render_prompt_ids`` would. Pr
 ``--max-prompt-length`` are dropped or cut from the left of the last user message
 (``--too-long``); the assistant header is never cut, and both counts go to the manifest.
 
-Output (see ``data/dataset.py``): ``prompts.arrow`` + ``manifest.json``, written to a temporary
+Output (see ``common/prepared.py``): ``prompts.arrow`` + ``manifest.json``, written to a temporary
 folder and renamed into place, so a failed run leaves nothing that looks complete. The same input
 and settings give byte-identical output for any ``--workers``.
 """
@@ -33,8 +33,8 @@ import numpy as np
 import pyarrow as pa
 
 from common import jsonl
-from common.prompts import normalize_prompt
-from data.dataset import FORMAT, IDS_FILE, MANIFEST_FILE, MESSAGE_TYPE, SCHEMA, is_prepared, tokenizer_fingerprint
+from common.messages import normalize_prompt
+from common.prepared import FORMAT, IDS_FILE, MANIFEST_FILE, MESSAGE_TYPE, SCHEMA, is_prepared, tokenizer_fingerprint
 from data.encode import ENGINES, TEMPLATES, PromptEncoder
 from data.sources import Chunk, KeyMap, known_rows, read_chunks, resolve_inputs
 

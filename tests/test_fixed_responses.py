@@ -5,7 +5,8 @@ import json
 import pytest
 
 from common.outputs import read_jsonl
-from common.prompts import prompt_text, read_prompts
+from common.messages import prompt_text
+from common.prompts import read_prompts
 from conftest import ROOT, run_recipe
 
 PROMPTS = ROOT / "data" / "prompts" / "tiny_prompts.jsonl"

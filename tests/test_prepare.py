@@ -10,9 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from common.prompts import PromptStream, load_prompt_dataset, prompt_text, read_prompts
+from common.messages import prompt_text
+from common.prompts import PromptStream, load_prompt_dataset, read_prompts
 from common.tokenizer import LLAMA3_CHAT_TEMPLATE, load_tokenizer, render_prompt_ids
-from data.dataset import IDS_FILE, MANIFEST_FILE, open_table
+from common.prepared import IDS_FILE, MANIFEST_FILE, open_table
 from data.encode import PromptEncoder, llama3_text
 from data.prepare import Settings, main, prepare
 from data.sources import KeyMap
@@ -70,14 +71,14 @@ def test_ids_match_render_prompt_ids(tok, engine):
     prompts += [[{"role": "system", "content": t}, {"role": "user", "content": t}] for t in TRICKY if t.strip()]
     encoder = PromptEncoder(tok, "tokenizer", engine)
     assert encoder.engine == engine
-    from common.prompts import normalize_prompt
+    from common.messages import normalize_prompt
 
     got = encoder.encode([normalize_prompt(p, "test") for p in prompts])
     assert got == [render_prompt_ids(tok, p) for p in prompts]
 
 
 def test_llama3_string_template_equals_jinja(tok):
-    from common.prompts import normalize_prompt
+    from common.messages import normalize_prompt
 
     for p in [t for t in TRICKY if t.strip()] + [CHAT, MULTI]:
         messages = normalize_prompt(p, "test")

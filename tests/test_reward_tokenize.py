@@ -69,7 +69,7 @@ def _reward_model(path):
 @pytest.mark.slow
 def test_reward_model_reads_its_own_tokenizers_ids(smollm2_tokenizer, tmp_path):
     from common.outputs import read_jsonl
-    from common.prompts import normalize_prompt, prompt_text
+    from common.messages import normalize_prompt, prompt_text
     from common.tokenizer import load_tokenizer
 
     model = _reward_model(tmp_path / "rm")

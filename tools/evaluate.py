@@ -131,7 +131,8 @@ def evaluate(run_dir: Path, prompts_path: str, reward: str | None, n: int | None
     from common.device import resolve_device
     from common.final import FINAL
     from common.pairs import apply_missing_eos_penalty
-    from common.prompts import load_prompt_dataset, prompt_text
+    from common.messages import prompt_text
+    from common.prompts import load_prompt_dataset
     from common.reward_terms import build_rewards
     from common.sequences import Sequence, has_eos
     from common.tokenizer import load_tokenizer, stop_token_ids

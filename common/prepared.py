@@ -1,4 +1,4 @@
-"""The prepared prompt dataset on disk, and its reader.
+"""The prepared prompt dataset on disk (written by ``python -m data.prepare``), and its reader.
 
 A prepared dataset is a directory holding two files:
 
