@@ -24,6 +24,7 @@ from typing import Any, List, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from common.arch import LlamaArch, check_arch, layout_problem
+from common.dtypes import DTYPE_NAMES
 
 # --------------------------------------------------------------------------------------- schema
 
@@ -153,7 +154,7 @@ ROLES = ("actor_rollout", "ref", "reward")
 INHERITED_KEYS = ("micro_batch_size", "tensor_model_parallel_size", "pipeline_model_parallel_size")
 CHOICES = {
     "training.device": ("auto", "cpu", "cuda", "npu"),
-    "training.dtype": ("fp32", "bf16", "fp16"),
+    "training.dtype": DTYPE_NAMES,
     "actor_rollout_ref.actor_rollout.lr_decay_style": ("constant", "linear", "cosine"),
     "reward.score_position": ("eos", "before_eos"),
     "algorithm.loss_type": ("sigmoid", "ipo"),

@@ -72,8 +72,7 @@ _TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
     "chat_template.json", "tokenizer.model", "added_tokens.json", "vocab.json", "merges.txt",
 )
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+_HF_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 Progress = Callable[[int], None] | None  # called with the number of tensors just done
 
@@ -549,10 +548,10 @@ def save_hf(
         for key, value in special.items():
             config.setdefault(key, value)
     dtypes = {t.dtype for t in hf_sd.values()}
-    if len(dtypes) == 1 and next(iter(dtypes)) in _DTYPE_NAMES:
+    if len(dtypes) == 1 and next(iter(dtypes)) in _HF_DTYPE_NAMES:
         # transformers 5 writes `dtype`, 4 and Meta's files `torch_dtype`: keep the file's style
         key = "dtype" if "dtype" in config else "torch_dtype"
-        config[key] = _DTYPE_NAMES[next(iter(dtypes))]
+        config[key] = _HF_DTYPE_NAMES[next(iter(dtypes))]
     if generation_config is None:
         generation_config = {"_from_model_config": True}
         for key in ("bos_token_id", "eos_token_id", "pad_token_id"):

@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from common.dtypes import DTYPE_NAMES
+
 
 def _progress(total: int, desc: str):
     from tqdm import tqdm
@@ -31,9 +33,9 @@ def _progress(total: int, desc: str):
 
 
 def _dtype(name: str | None):
-    from common.convert import DTYPES
+    from common.dtypes import torch_dtype
 
-    return None if name is None else DTYPES[name]
+    return None if name is None else torch_dtype(name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,12 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     to_mcore.add_argument("--out", required=True, help="checkpoint folder to write: new, empty, or a checkpoint of this project (replaced)")
     to_mcore.add_argument("--tp", type=int, default=1, help="tensor-parallel size (divides the KV-head count)")
     to_mcore.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (divides the layer count)")
-    to_mcore.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="cast tensors (default: keep)")
+    to_mcore.add_argument("--dtype", choices=DTYPE_NAMES, help="cast tensors (default: keep)")
     to_hf = sub.add_parser("mcore-to-hf", help="Megatron checkpoint (any TP x PP) -> HF model directory")
     to_hf.add_argument("--ckpt", required=True, help="checkpoint directory (meta.json, arch.json, model_tp*_pp*.safetensors)")
     to_hf.add_argument("--out", required=True, help="HF folder to write: new, empty, or an earlier mcore-to-hf export (replaced)")
     to_hf.add_argument("--tokenizer", help="HF tokenizer directory whose files (and chat template) are copied")
-    to_hf.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="cast tensors (default: keep)")
+    to_hf.add_argument("--dtype", choices=DTYPE_NAMES, help="cast tensors (default: keep)")
     reshard = sub.add_parser("reshard", help="Megatron checkpoint -> the same weights for another TP x PP")
     reshard.add_argument("--ckpt", required=True)
     reshard.add_argument("--out", required=True)
