@@ -22,9 +22,9 @@ Three forms of the same weights:
   a model of any TP/PP: same TP -> shards are copied; other TP -> the full tensor of each
   parameter is merged from the checkpoint's shards and re-sharded (`load_checkpoint_into_model`).
 
-The TP layout itself (which rows/columns a rank holds) lives in common/model.py (`_shard`,
-`merge_shards`); the HF -> Megatron name mapping too (`_hf_full_tensor`, used by
-`load_hf_llama_state_dict`). This module adds the reverse mapping, file formats and gathering.
+The TP layout itself (which rows/columns a rank holds) and the HF -> Megatron name mapping live in
+common/weight_layout.py (`shard`, `merge_shards`, `hf_full_tensor`). This module adds the reverse
+mapping, file formats and gathering.
 
     python -m tools.convert_checkpoint hf-to-mcore --hf DIR --out DIR --tp N --pp N
     python -m tools.convert_checkpoint mcore-to-hf --ckpt DIR --out DIR [--tokenizer DIR]
@@ -45,16 +45,8 @@ import torch
 
 from common.arch import layout_problem
 from common.checkpoint import fsync_dir
-from common.model import (
-    LlamaArch,
-    RewardModel,
-    _global_names,
-    _hf_full_tensor,
-    _shard,
-    load_hf_llama_state_dict,
-    merge_shards,
-    padded_vocab_size,
-)
+from common.model import LlamaArch, RewardModel, load_hf_llama_state_dict
+from common.weight_layout import global_names, hf_full_tensor, merge_shards, padded_vocab_size, shard
 
 FORMAT = "odpo-megatron"
 FORMAT_VERSION = 1
@@ -229,7 +221,7 @@ def _check_arch(got: LlamaArch, want: LlamaArch, where: str) -> None:
 
 def megatron_param_names(arch: LlamaArch, *, reward: bool, pp: int = 1, pp_rank: int = 0) -> list[str]:
     """Model-wide names of the parameters pipeline stage `pp_rank` of `pp` holds (what
-    `model._global_names` yields for a model built there). Tied embeddings: the last stage of a
+    `weight_layout.global_names` yields for a model built there). Tied embeddings: the last stage of a
     pipeline (PP > 1) holds its own copy `output_layer.weight`; with PP = 1 there is none."""
     check_layout(arch, 1, pp)
     per_stage = arch.num_layers // pp
@@ -255,7 +247,7 @@ def _full_source_name(name: str, arch: LlamaArch, reward: bool) -> str:
 def hf_to_full(hf_sd: Mapping, arch: LlamaArch, reward: bool) -> dict[str, torch.Tensor]:
     """HF Llama state dict -> full (TP=1, PP=1) Megatron state dict."""
     hf_to_full_check_keys(hf_sd.keys(), arch, reward)
-    full = {n: _hf_full_tensor(n, hf_sd, arch, reward) for n in megatron_param_names(arch, reward=reward)}
+    full = {n: hf_full_tensor(n, hf_sd, arch, reward) for n in megatron_param_names(arch, reward=reward)}
     return full
 
 
@@ -577,10 +569,10 @@ def save_hf(
             _save_safetensors(shards[0], tmp / "model.safetensors", {"format": "pt"})
         else:
             weight_map = {}
-            for i, shard in enumerate(shards, 1):
+            for i, part in enumerate(shards, 1):
                 fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-                _save_safetensors(shard, tmp / fname, {"format": "pt"})
-                weight_map.update({name: fname for name in shard})
+                _save_safetensors(part, tmp / fname, {"format": "pt"})
+                weight_map.update({name: fname for name in part})
             total = sum(t.numel() * t.element_size() for t in hf_sd.values())
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             _write_json(tmp / "model.safetensors.index.json", index)
@@ -628,7 +620,7 @@ def iter_shards(
         for name in megatron_param_names(arch, reward=reward, pp=pp, pp_rank=pp_rank):
             tensor = full[_full_source_name(name, arch, reward)]
             for tp_rank in range(tp):
-                stage[tp_rank][name] = _shard(name, tensor, padded, reward, rank=tp_rank, tp=tp).clone()
+                stage[tp_rank][name] = shard(name, tensor, padded, reward, rank=tp_rank, tp=tp).clone()
             if progress:
                 progress(1)
         for tp_rank in range(tp):
@@ -643,7 +635,7 @@ class FullFromHF(Mapping):
         self.names = megatron_param_names(arch, reward=reward)
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return _hf_full_tensor(name, self.hf, self.arch, self.reward)
+        return hf_full_tensor(name, self.hf, self.arch, self.reward)
 
     def __iter__(self):
         return iter(self.names)
@@ -773,11 +765,11 @@ def load_checkpoint_into_model(model, ckpt_dir: str | os.PathLike, arch: LlamaAr
     gpt = model.gpt if reward else model
     tp = parallel_state.get_tensor_model_parallel_world_size()
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
-    for name, param in _global_names(gpt):
+    for name, param in global_names(gpt):
         if reader.tp == tp and reader.has_shard(name, tp_rank):
             value = reader.shard(name, tp_rank)
         else:
-            value = _shard(name, reader.full(name), gpt.vocab_size, reward)
+            value = shard(name, reader.full(name), gpt.vocab_size, reward)
         if value.shape != param.shape:
             raise ValueError(
                 f"checkpoint {ckpt_dir}: {name} has shape {tuple(value.shape)} here, the model "
@@ -820,7 +812,7 @@ def _stage_full_tensors(gpt, arch: LlamaArch, reward: bool) -> dict[str, torch.T
     keep = parallel_state.get_tensor_model_parallel_rank() == 0 and parallel_state.get_data_parallel_rank() == 0
     group = parallel_state.get_tensor_model_parallel_group()
     stage = {}
-    for name, param in _global_names(gpt):
+    for name, param in global_names(gpt):
         if _full_source_name(name, arch, reward) != name:
             continue  # a tied output layer's copy (PP > 1): the embedding is the weight
         local = param.detach().contiguous()
@@ -880,7 +872,7 @@ def save_checkpoint(
         _prepare_tmp(out_dir)
     torch.distributed.barrier()
     if parallel_state.get_data_parallel_rank() == 0:
-        tensors = {name: p.detach().cpu().clone() for name, p in _global_names(gpt)}
+        tensors = {name: p.detach().cpu().clone() for name, p in global_names(gpt)}
         path = tmp / shard_file_name(
             parallel_state.get_tensor_model_parallel_rank(), parallel_state.get_pipeline_model_parallel_rank()
         )

@@ -217,11 +217,11 @@ class ActorWorker(RoleWorker):
         import ray
         from megatron.core import parallel_state as ps
 
-        from common.model import _global_names
+        from common.weight_layout import global_names
 
         if ps.get_data_parallel_rank() != 0:
             return None
-        shard = {name: p.detach().cpu() for name, p in _global_names(self.model.module)}
+        shard = {name: p.detach().cpu() for name, p in global_names(self.model.module)}
         return ps.get_tensor_model_parallel_rank(), ray.put(shard)
 
     def train(self, pairs: list[dict], mini_batch_size: int) -> dict[str, Any]:
@@ -320,19 +320,19 @@ class GeneratorWorker(RoleWorker):
         import ray
         from megatron.core import parallel_state as ps
 
-        from common.model import _global_names, _shard, merge_shards
+        from common.weight_layout import global_names, merge_shards, shard
 
         by_tp: dict[int, dict] = {}
         for tp_rank, ref in exports:
             by_tp.setdefault(tp_rank, {}).update(ray.get(ref))  # pipeline stages merge by global name
         train_tp = len(by_tp)
         same_layout = train_tp == ps.get_tensor_model_parallel_world_size()
-        for name, param in _global_names(self.model):
+        for name, param in global_names(self.model):
             if same_layout:
                 value = by_tp[ps.get_tensor_model_parallel_rank()][name]
             else:
                 full = merge_shards(name, [by_tp[t][name] for t in range(train_tp)], self.arch.vocab_size, False)
-                value = _shard(name, full, self.model.vocab_size, False)
+                value = shard(name, full, self.model.vocab_size, False)
             param.copy_(value.to(param.dtype))
 
     def generate(self, requests: list[tuple[list[int], list[int]]], max_new_tokens: int, eos_ids: list[int]) -> list[list[list[int]]]:
