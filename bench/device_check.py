@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     reward_arch = LlamaArch(**OmegaConf.to_container(cfg.reward.model)) if cfg.reward.model is not None else arch
 
     device = resolve_device(t.device)
+    for key, value in device.worker_env().items():  # as the Ray workers get it; before the first allocation
+        os.environ.setdefault(key, value)
     device.setup_worker(args.threads or os.cpu_count() or 1)
     dtype = device.compute_dtype(t.dtype)
 
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         tensor_model_parallel_size=1, pipeline_model_parallel_size=1, seed=t.seed,
     )  # fmt: skip
     torch_device = device.torch_device()
-    fusions = device.megatron_fusions() if args.fusions == "device" else {}
+    fusions = device.megatron_fusions(dtype) if args.fusions == "device" else {}
     phases = Phases(device)
     n_samples, new_tokens = a.n_samples_per_prompt, max_new_tokens(cfg)
     stop_ids = LLAMA3_STOP_IDS if arch.vocab_size > max(LLAMA3_STOP_IDS) else [arch.vocab_size - 1]

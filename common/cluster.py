@@ -18,7 +18,7 @@ def start_ray(nodes: int, worker_env: dict[str, str] | None = None) -> None:
     """One node: a private Ray instance sized to this machine. Several: join the running cluster.
 
     Workers import ``common`` from this checkout (the same path on every node), whatever the
-    driver's current directory is, and get ``worker_env`` (the device's, ``Device.ray_worker_env``).
+    driver's current directory is, and get ``worker_env`` (the device's, ``Device.worker_env``).
     """
     pythonpath = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
     runtime_env = {"env_vars": {"PYTHONPATH": pythonpath, **(worker_env or {})}}

@@ -19,7 +19,7 @@ so every entry point (Ray workers, tools, tests) has it before its first Megatro
 
 Each Ray worker picks its NPU the way the original system (MindSpeed-LLM rlxf) did: the driver
 starts Ray with `RAY_EXPERIMENTAL_NOSET_ASCEND_RT_VISIBLE_DEVICES=1` in the workers' environment
-(`ray_worker_env`), so Ray does not narrow `ASCEND_RT_VISIBLE_DEVICES` per worker and every worker
+(`worker_env`), so Ray does not narrow `ASCEND_RT_VISIBLE_DEVICES` per worker and every worker
 sees the node's NPUs under their physical ids; the worker then sets the device Ray granted it
 (`ray.get_runtime_context().get_accelerator_ids()["NPU"]`, the custom `NPU` resource).
 """
@@ -126,9 +126,20 @@ class Device:
             )
         return _DTYPES[name]
 
-    def ray_worker_env(self) -> dict[str, str]:
-        """Environment variables the driver gives every Ray worker (see the module docstring)."""
-        return {NPU_NOSET_ENV: "1"} if self.kind == "npu" else {}
+    def worker_env(self) -> dict[str, str]:
+        """Environment for a process that computes on this device (the driver gives it to every Ray
+        worker; bench/device_check.py sets it on itself before the first allocation):
+
+        - NPU: `RAY_EXPERIMENTAL_NOSET_ASCEND_RT_VISIBLE_DEVICES=1` (see the module docstring);
+        - the caching allocator's expandable segments (`PYTORCH_CUDA_ALLOC_CONF` /
+          `PYTORCH_NPU_ALLOC_CONF`), which keep the generate / train alternation from fragmenting
+          memory; a value the user already set is kept.
+        """
+        env = {NPU_NOSET_ENV: "1"} if self.kind == "npu" else {}
+        alloc = {"cuda": "PYTORCH_CUDA_ALLOC_CONF", "npu": "PYTORCH_NPU_ALLOC_CONF"}.get(self.kind)
+        if alloc and alloc not in os.environ:
+            env[alloc] = "expandable_segments:True"
+        return env
 
     def setup_worker(self, num_threads: int) -> None:
         """Prepare a fresh worker process: threads (CPU) or current device (accelerators).
@@ -221,7 +232,7 @@ class Device:
 
     # --- Megatron-core kernels that need no Transformer Engine -------------------------------
 
-    def megatron_fusions(self) -> dict[str, object]:
+    def megatron_fusions(self, dtype: torch.dtype) -> dict[str, object]:
         """TransformerConfig fields for the fused kernels megatron-core 0.16.1 offers without
         Transformer Engine or Apex, on this device. Both are torch code, compiled by megatron's
         `jit_fuser` (torch.compile) or plain torch, and keep less for backward than the unfused path:
@@ -229,7 +240,7 @@ class Device:
         - `bias_activation_fusion` with SwiGLU: `SwiGLUFunction` saves only the fc1 output and
           recomputes silu(gate) * up in backward (the unfused path keeps gate, up and silu(gate));
         - `cross_entropy_loss_fusion` with `cross_entropy_fusion_impl='native'`: megatron's fused
-          vocab-parallel cross entropy.
+          vocab-parallel cross entropy (bf16 only: its backward casts the gradient to bf16).
 
         Not offered without TE/Apex, so left off everywhere: `masked_softmax_fusion` (needs the
         compiled `scaled_masked_softmax_cuda`), `apply_rope_fusion`, `persist_layer_norm`,
@@ -238,7 +249,10 @@ class Device:
         """
         if self.kind != "cuda":
             return {}
-        return {"bias_activation_fusion": True, "cross_entropy_loss_fusion": True, "cross_entropy_fusion_impl": "native"}
+        fusions: dict[str, object] = {"bias_activation_fusion": True}
+        if dtype == torch.bfloat16:
+            fusions.update(cross_entropy_loss_fusion=True, cross_entropy_fusion_impl="native")
+        return fusions
 
 
 def apply_megatron_fusions(model, fusions: dict[str, object]) -> None:
@@ -270,7 +284,7 @@ def _measured_cpu_matmul_flops(n: int = 2048, repeats: int = 3) -> float:
 def _ray_npu_index() -> int:
     """This worker's NPU index: the id Ray granted from the `NPU` resource (0 outside Ray).
 
-    With `ASCEND_RT_VISIBLE_DEVICES` set by the user (and kept by Ray, see `ray_worker_env`) an id
+    With `ASCEND_RT_VISIBLE_DEVICES` set by the user (and kept by Ray, see `worker_env`) an id
     is a position in that list, as Ray's own NPU device manager maps it.
     """
     if "ray" not in sys.modules:  # not a Ray worker (a single-process check, a test)

@@ -146,7 +146,7 @@ def _open(recipe_dir: Path, args: Args, get_files: dict[str, str]) -> Session:
     print(f"run folder: {run_dir}  ({len(prompt_ids)} prompts, {dropped} dropped as too long)", flush=True)
 
     # --- roles on Ray ---------------------------------------------------------------------------
-    start_ray(args.nodes, device.ray_worker_env())
+    start_ray(args.nodes, device.worker_env())
     plan, nodes = plan_roles(cfg, device, args.nodes)
     print("placement:\n" + describe(plan, nodes), flush=True)
     roles = build_roles(cfg, device, plan)

@@ -107,7 +107,7 @@ class RoleWorker:
             model = builder(arch, dtype=self.dtype, seed=seed, device=device)
             load_into_model(model, load, arch)
             self.arch = arch
-        apply_megatron_fusions(model, self.device.megatron_fusions())  # none on CPU
+        apply_megatron_fusions(model, self.device.megatron_fusions(self.dtype))  # none on CPU
         return model
 
     @torch.no_grad()
