@@ -331,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
                        "rows_with_eos": int(has_eos_PN.sum())},
         "phases": phases.rows,
         "mfu_overall": round(total_flops / total_secs / peak, 5) if peak else None,
+        # the whole check's peak: allocator bytes on an accelerator (all three models on one device), RSS on CPU
+        "peak_memory": max(r["memory"].get("max_allocated", r["memory"].get("max_rss")) for r in phases.rows.values()),
         "memory_per_role": role_memory(phases.rows, weights),
         "weights_bytes": weights,
         "checks": checks,
@@ -376,6 +378,7 @@ def print_summary(r: dict) -> None:
         print(f"[device_check]   {name:10s} {row['seconds']:8.3f} s  peak {peak / GIB:7.2f} GiB{mfu}")
     if r["memory_per_role"]:
         print("[device_check] memory per role: " + ", ".join(f"{k} {v / GIB:.2f} GiB" for k, v in r["memory_per_role"].items()))
+    print(f"[device_check] peak memory of the whole check: {r['peak_memory'] / GIB:.2f} GiB")
     if r["mfu_overall"] is not None:
         print(f"[device_check] MFU over the timed phases: {r['mfu_overall']:.1%}")
     for name, c in r["checks"].items():
