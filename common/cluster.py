@@ -41,14 +41,15 @@ def cluster_address() -> str:
     return address
 
 
-def start_ray(nodes: int) -> None:
+def start_ray(nodes: int, worker_env: dict[str, str] | None = None) -> None:
     """One node: a private Ray instance sized to this machine. Several: join the running cluster
     (``cluster_address``).
 
     Workers import ``common`` from this checkout (the same path on every node), whatever the
-    driver's current directory is.
+    driver's current directory is, and get ``worker_env`` (the device's, ``Device.worker_env``).
     """
-    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}}
+    pythonpath = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+    runtime_env = {"env_vars": {"PYTHONPATH": pythonpath, **(worker_env or {})}}
     if nodes == 1 and "RAY_ADDRESS" not in os.environ:
         quiet_private_ray()
         # address="local": always a private instance, never an unrelated cluster running on this machine

@@ -265,7 +265,7 @@ def _open(recipe_dir: Path, args: Args, get_files: dict[str, str], stop: StopSig
     rewards = build_rewards(cfg.reward, tok)  # imports reward functions, loads a reward tokenizer: fails before Ray
 
     # --- Ray: with --nodes N the cluster must exist before the run folder does -----------------
-    start_ray(args.nodes)
+    start_ray(args.nodes, device.worker_env())
     stop.install()  # replaces the SIGTERM handler ray.init installed (it aborts: exit 134)
     plan, nodes = plan_roles(cfg, device, args.nodes)
 

@@ -22,10 +22,11 @@ from common.quiet import filter_library_warnings
 filter_library_warnings()  # before Megatron is imported (below): its import-time warnings say nothing here
 
 from common.config import role_parallel_sizes, role_section  # noqa: E402
-from common.device import resolve_device  # noqa: E402
-from common.dpo import dpo_losses  # noqa: E402
+from common.device import apply_megatron_fusions, resolve_device  # noqa: E402
+from common.dpo import microbatch_dpo_loss, pair_sequences  # noqa: E402
+from common.optimizer import AdamSettings, build_actor_optimizer, train_step  # noqa: E402
 from common.schedule import run_microbatches  # noqa: E402
-from common.sequences import PaddedBatch, Sequence, chunks, pad_batch, score_positions, summed_response_logps  # noqa: E402
+from common.sequences import PaddedBatch, Sequence, chunks, collect_response_logps, collect_scores, micro_batches, score_positions  # noqa: E402
 
 
 class RoleWorker:
@@ -100,13 +101,15 @@ class RoleWorker:
         device = None if self.device.kind == "cpu" else self.device.torch_device()
         if load is None:
             self.arch = self._arch(self.cfg.reward.model if reward else self.cfg.model)
-            return builder(self.arch, dtype=self.dtype, seed=seed, device=device)
-        from common.convert import arch_from_path, load_into_model
+            model = builder(self.arch, dtype=self.dtype, seed=seed, device=device)
+        else:
+            from common.convert import arch_from_path, load_into_model
 
-        arch, _ = arch_from_path(load)  # the kind was checked by the driver before Ray started
-        model = builder(arch, dtype=self.dtype, seed=seed, device=device)
-        load_into_model(model, load, arch)
-        self.arch = arch
+            arch, _ = arch_from_path(load)  # the kind was checked by the driver before Ray started
+            model = builder(arch, dtype=self.dtype, seed=seed, device=device)
+            load_into_model(model, load, arch)
+            self.arch = arch
+        apply_megatron_fusions(model, self.device.megatron_fusions(self.dtype))  # none on CPU
         return model
 
     @torch.no_grad()
@@ -135,14 +138,7 @@ class RoleWorker:
 
     def _micro_batches(self, seqs: list[Sequence], aux: dict[str, list] | None = None) -> list[PaddedBatch]:
         """Padded micro-batches of ``2 * micro_batch_size`` sequences (a micro-batch is counted in pairs)."""
-        size = self.section.micro_batch_size * 2
-        out = []
-        for start in range(0, len(seqs), size):
-            batch = pad_batch(seqs[start : start + size])
-            for key, values in (aux or {}).items():
-                batch.aux[key] = torch.tensor(values[start : start + size])
-            out.append(batch.to(self.device.torch_device()))
-        return out
+        return micro_batches(seqs, self.section.micro_batch_size * 2, self.device.torch_device(), aux)
 
 
 class ActorWorker(RoleWorker):
@@ -153,10 +149,6 @@ class ActorWorker(RoleWorker):
     """
 
     def build(self) -> None:
-        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
-        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
-
         from common.config import optimizer_steps_per_iter
 
         from common.hf_semantics import pad_token_id, source_hf_config, stop_lookup_gradient
@@ -169,43 +161,9 @@ class ActorWorker(RoleWorker):
         self.frozen_pad_id = pad_token_id(self.hf_config)
         if self.frozen_pad_id is not None:
             stop_lookup_gradient(policy, self.frozen_pad_id)
-        self.model = DistributedDataParallel(
-            config=policy.config,
-            ddp_config=DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False),
-            module=policy,
-        )
-        # the schedules call this after the last backward: DP all-reduce, tied-embedding grads (PP)
-        policy.config.finalize_model_grads_func = finalize_model_grads
-        self.optimizer = get_megatron_optimizer(
-            OptimizerConfig(
-                optimizer="adam",
-                lr=a.lr,
-                min_lr=a.min_lr,
-                weight_decay=a.weight_decay,
-                adam_beta1=a.adam_beta1,
-                adam_beta2=a.adam_beta2,
-                adam_eps=a.adam_eps,
-                clip_grad=a.clip_grad,
-                bf16=self.dtype == torch.bfloat16,
-                fp16=self.dtype == torch.float16,
-                params_dtype=self.dtype,
-            ),
-            [self.model],
-        )
+        settings = AdamSettings(**{f: a[f] for f in AdamSettings.__dataclass_fields__})
         total_steps = self.cfg.training.train_iters * optimizer_steps_per_iter(self.cfg)
-        self.scheduler = OptimizerParamScheduler(
-            self.optimizer,
-            init_lr=0.0 if a.lr_warmup_fraction > 0 else a.lr,
-            max_lr=a.lr,
-            min_lr=a.min_lr,
-            lr_warmup_steps=int(a.lr_warmup_fraction * total_steps),
-            lr_decay_steps=total_steps,
-            lr_decay_style=a.lr_decay_style,
-            start_wd=a.weight_decay,
-            end_wd=a.weight_decay,
-            wd_incr_steps=total_steps,
-            wd_incr_style="constant",
-        )
+        self.model, self.optimizer, self.scheduler = build_actor_optimizer(policy, settings, dtype=self.dtype, total_steps=total_steps)
 
     @torch.no_grad()
     def generate(self, requests: list[tuple[list[int], list[int]]], max_new_tokens: int, eos_ids: list[int]) -> list[list[list[int]]]:
@@ -233,31 +191,13 @@ class ActorWorker(RoleWorker):
         pipeline stage), grad norms and the learning rate.
         """
         a, alg = self.cfg.actor_rollout_ref.actor_rollout, self.cfg.algorithm
-
-        def dpo_loss(batch: PaddedBatch, logps_BT1: torch.Tensor):
-            logps_S = summed_response_logps(logps_BT1, batch)
-            k = logps_S.shape[0] // 2
-            losses_B = dpo_losses(
-                logps_S[:k], logps_S[k:], batch.aux["ref"][:k], batch.aux["ref"][k:], beta=alg.beta, loss_type=alg.loss_type
-            )
-            # mean over the micro-batch; the schedule averages micro-batches, Megatron DDP the DP ranks
-            return losses_B.mean(), {"chosen": logps_S[:k].detach(), "rejected": logps_S[k:].detach()}
-
+        dpo_loss = microbatch_dpo_loss(beta=alg.beta, loss_type=alg.loss_type)
         policy_chosen, policy_rejected, grad_norms = [], [], []
         for _ in range(a.ppo_epochs):
             for mini in chunks(pairs, mini_batch_size):
-                seqs, refs = [], []
-                for micro in chunks(mini, a.micro_batch_size):
-                    seqs += [Sequence(p["prompt_ids"], p["chosen_ids"]) for p in micro]
-                    seqs += [Sequence(p["prompt_ids"], p["rejected_ids"]) for p in micro]
-                    refs += [p["ref_chosen"] for p in micro] + [p["ref_rejected"] for p in micro]
-                self.model.zero_grad_buffer()
-                self.optimizer.zero_grad()
-                stats = run_microbatches(self.model, self._micro_batches(seqs, {"ref": refs}), dpo_loss, forward_only=False)
-                ok, grad_norm, _ = self.optimizer.step()
-                self.scheduler.step(increment=1)
-                # not ok: fp16 overflow, step skipped; reported as an infinite norm (common/health.py)
-                grad_norms.append(float("inf") if not ok else float(grad_norm) if grad_norm is not None else float("nan"))
+                seqs, refs = pair_sequences(mini, a.micro_batch_size)
+                grad_norm, stats = train_step(self.model, self.optimizer, self.scheduler, self._micro_batches(seqs, {"ref": refs}), dpo_loss)
+                grad_norms.append(grad_norm)
                 for s in stats:
                     policy_chosen += s["chosen"].tolist()
                     policy_rejected += s["rejected"].tolist()
@@ -352,11 +292,7 @@ class ReferenceWorker(RoleWorker):
     @torch.no_grad()
     def logps(self, seqs: list[Sequence]) -> list[float]:
         """Summed response log-probs per sequence (last pipeline stage; [] on the others)."""
-
-        def collect(batch: PaddedBatch, logps_BT1: torch.Tensor):
-            return logps_BT1.new_zeros(()), {"logps": summed_response_logps(logps_BT1, batch)}
-
-        stats = run_microbatches(self.model, self._micro_batches(seqs), collect, forward_only=True)
+        stats = run_microbatches(self.model, self._micro_batches(seqs), collect_response_logps, forward_only=True)
         return [x for s in stats for x in s["logps"].cpu().tolist()]
 
 
@@ -372,12 +308,7 @@ class RewardWorker(RoleWorker):
     def scores(self, seqs: list[Sequence], eos_ids: list[int]) -> list[float]:
         """The head's output at each sequence's score position (last pipeline stage; [] on others)."""
         positions = score_positions(seqs, set(eos_ids), self.cfg.reward.score_position).tolist()
-
-        def collect(batch: PaddedBatch, scores_BT: torch.Tensor):
-            picked_B = scores_BT.gather(1, batch.aux["pos"][:, None]).squeeze(1).float()
-            return scores_BT.new_zeros(()), {"scores": picked_B}
-
-        stats = run_microbatches(self.model, self._micro_batches(seqs, {"pos": positions}), collect, forward_only=True, output="scores")
+        stats = run_microbatches(self.model, self._micro_batches(seqs, {"pos": positions}), collect_scores, forward_only=True, output="scores")
         return [x for s in stats for x in s["scores"].cpu().tolist()]
 
 
