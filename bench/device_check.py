@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     from common.convert import load_checkpoint_into_model, save_checkpoint
     from common.dpo import dpo_losses, microbatch_dpo_loss, pair_sequences
     from common.generation import generate
+    from common.sampling import sample_key
     from common.model import build_policy, build_reward_model
     from common.optimizer import AdamSettings, build_actor_optimizer, train_step
     from common.pairs import apply_missing_eos_penalty, select_pairs
@@ -209,8 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     lengths = torch.randint(low, a.max_prompt_length + 1, (args.prompts,), generator=g).tolist()
     prompts = [torch.randint(0, min(PROMPT_ID_RANGE, arch.vocab_size - 1), (n,), generator=g).tolist() for n in lengths]
     rows = [p for p in prompts for _ in range(n_samples)]  # row i*n + j = prompt i, sample j
+    keys = [sample_key(t.seed, 1, i, j) for i in range(args.prompts) for j in range(n_samples)]  # as the recipes key them
     sample = dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, eos_token_ids=stop_ids)
-    phases.run("warmup", lambda: generate(actor, rows[:2], max_new_tokens=4, generator=torch.Generator().manual_seed(0), **sample))
+    phases.run("warmup", lambda: generate(actor, rows[:2], max_new_tokens=4, sample_keys=keys[:2], **sample))
 
     def gen_flops(out):
         B, L = len(rows), max(lengths)
@@ -219,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         decode = sum(forward_flops(arch, n_policy, B, B * (L + s + 1)) for s in range(steps - 1))
         return prefill + decode
 
-    responses = phases.run("generate", lambda: generate(actor, rows, max_new_tokens=new_tokens, generator=torch.Generator().manual_seed(t.seed), **sample), gen_flops)
+    responses = phases.run("generate", lambda: generate(actor, rows, max_new_tokens=new_tokens, sample_keys=keys, **sample), gen_flops)
     generated = sum(len(r) for r in responses)
     seqs_PN = [[Sequence(prompts[i], responses[i * n_samples + j]) for j in range(n_samples)] for i in range(args.prompts)]
     flat = [s for row in seqs_PN for s in row]
