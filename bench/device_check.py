@@ -169,10 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     from common.convert import load_checkpoint_into_model, save_checkpoint
     from common.dpo import dpo_losses, microbatch_dpo_loss, pair_sequences
     from common.generation import generate
-    from common.sampling import sample_key
     from common.model import build_policy, build_reward_model
     from common.optimizer import AdamSettings, build_actor_optimizer, train_step
     from common.pairs import apply_missing_eos_penalty, select_pairs
+    from common.sampling import sample_key
     from common.schedule import run_microbatches
     from common.sequences import Sequence, collect_response_logps, collect_scores, has_eos, micro_batches, score_positions
 

@@ -49,7 +49,10 @@ def start_ray(nodes: int, worker_env: dict[str, str] | None = None) -> None:
     driver's current directory is, and get ``worker_env`` (the device's, ``Device.worker_env``).
     """
     pythonpath = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
-    runtime_env = {"env_vars": {"PYTHONPATH": pythonpath, **(worker_env or {})}}
+    # PyTorch's kernel choice follows the driver's on every node (a joined cluster's raylets were
+    # started without it): this is how the curves are checked under other CPU kernels
+    kernels = {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY",) if k in os.environ}
+    runtime_env = {"env_vars": {"PYTHONPATH": pythonpath, **kernels, **(worker_env or {})}}
     if nodes == 1 and "RAY_ADDRESS" not in os.environ:
         quiet_private_ray()
         # address="local": always a private instance, never an unrelated cluster running on this machine
