@@ -123,4 +123,8 @@ def metrics_row(
         beta=beta,
         loss_type=loss_type,
     )
-    return {"step": step, **metrics, "grad_norm": trained.grad_norm, "learning_rate": trained.learning_rate}
+    tokens = {  # for throughput figures (bench/vs_trl.py): tokens sampled, and prompt tokens, this iteration
+        "rollout/response_tokens": sum(len(s.response_ids) for row in rollout.seqs_PN for s in row),
+        "rollout/prompt_tokens": sum(len(s.prompt_ids) for row in rollout.seqs_PN for s in row),
+    }
+    return {"step": step, **metrics, "grad_norm": trained.grad_norm, "learning_rate": trained.learning_rate, **tokens}
