@@ -83,6 +83,7 @@ def run_side(cmd: list[str], log: Path, first_row: callable) -> dict:
     """Run `cmd`, sampling its process tree's memory; `first_row()` -> wall-clock start of
     iteration 1 once known (else None)."""
     launch = time.time()
+    load_before = os.getloadavg()[0]
     peak_rss = peak_pss = 0
     first = None
     with open(log, "w") as f:
@@ -97,7 +98,8 @@ def run_side(cmd: list[str], log: Path, first_row: callable) -> dict:
         tail = log.read_text()[-4000:]
         raise SystemExit(f"error: {' '.join(cmd[:4])} ... failed ({proc.returncode}); log {log}:\n{tail}")
     first = first or first_row()
-    return {"peak_rss": peak_rss, "peak_pss": peak_pss, "launch_to_first_s": first - launch if first else None, "wall_s": time.time() - launch}
+    return {"peak_rss": peak_rss, "peak_pss": peak_pss, "launch_to_first_s": first - launch if first else None, "wall_s": time.time() - launch,
+            "load_avg": [load_before, os.getloadavg()[0]]}  # fmt: skip
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -166,6 +168,10 @@ def summarize(side: dict, peak_gflops: float) -> dict:
     return s
 
 
+def side_load(side: dict) -> str:
+    return " / ".join(f"{x:.1f}" for x in side.get("load_avg", [])) or "not recorded"
+
+
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "-"
 
@@ -177,8 +183,10 @@ def report(trl: dict, ours: dict, meta: dict) -> str:
     lines = [
         f"Prompts: `{meta['prompts']}` ({meta['num_prompts']} prompts of {meta['prompt_len_min']}-{meta['prompt_len_max']} tokens, "
         f"mean {meta['prompt_len_mean']:.0f}); {n} iterations; {meta['cpu']}, fp32 matmul peak "
-        f"{meta['peak_gflops']:.0f} GFLOP/s (2048^3, {w.THREADS} threads, measured in this run); load average at start "
-        f"{meta['load_avg']}. Ratio = TRL seconds / this project's seconds (> 1: this project is faster).",
+        f"{meta['peak_gflops']:.0f} GFLOP/s (2048^3, {w.THREADS} threads, measured in this run). 1-minute load average "
+        f"before / after each side: TRL {side_load(trl)}, this project {side_load(ours)}, now {meta['load_avg']} "
+        f"(above {os.cpu_count()} the machine was shared and the times are not comparable). "
+        "Ratio = TRL seconds / this project's seconds (> 1: this project is faster).",
         "",
         f"| iterations {FIRST_TIMED}-{n} | TRL 1.16 | this project | ratio |",
         "|---|---:|---:|---:|",
@@ -194,8 +202,8 @@ def report(trl: dict, ours: dict, meta: dict) -> str:
                      f"{o[f'{ph}_gflops']:.1f} ({o[f'{ph}_peak_share']:.0%}) | {ratio(o[f'{ph}_gflops'], t[f'{ph}_gflops'])} |")  # fmt: skip
     lines += [
         f"| generated tokens/s | {t['tokens_per_s']:.0f} | {o['tokens_per_s']:.0f} | {ratio(o['tokens_per_s'], t['tokens_per_s'])} |",
-        f"| peak memory, RSS summed over all processes (GB) | {trl['peak_rss'] / gb:.2f} | {ours['peak_rss'] / gb:.2f} | {ratio(trl['peak_rss'], ours['peak_rss'])} |",
-        f"| peak memory, PSS summed (shared pages split; GB) | {trl['peak_pss'] / gb:.2f} | {ours['peak_pss'] / gb:.2f} | {ratio(trl['peak_pss'], ours['peak_pss'])} |",
+        f"| peak memory, RSS summed over all processes (GiB) | {trl['peak_rss'] / gb:.2f} | {ours['peak_rss'] / gb:.2f} | {ratio(trl['peak_rss'], ours['peak_rss'])} |",
+        f"| peak memory, PSS summed (shared pages split; GiB) | {trl['peak_pss'] / gb:.2f} | {ours['peak_pss'] / gb:.2f} | {ratio(trl['peak_pss'], ours['peak_pss'])} |",
         f"| launch to first iteration (s) | {trl['launch_to_first_s']:.1f} | {ours['launch_to_first_s']:.1f} | {ratio(trl['launch_to_first_s'], ours['launch_to_first_s'])} |",
         "",
         "Per iteration (seconds; prompt tokens = mean over the iteration's sequences):",
