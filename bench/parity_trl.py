@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/parity_trl.py                          # sigmoid + IPO, actor TP=1 and TP=2, 20 steps
     .venv/bin/python bench/parity_trl.py --steps 40 --loss-types sigmoid --tp 2 --out runs/parity
+    .venv/bin/python bench/parity_trl.py --loss-types sigmoid --policy-pad-token-id 128009   # policy config sets pad = <|eot_id|>
 
 TRL 1.16's ``OnlineDPOTrainer`` (``trl.experimental.online_dpo``) and ``./run.sh tiny`` train the
 same tiny Hugging Face Llama policy (real Llama 3 tokenizer and chat template) against the same
@@ -52,7 +53,7 @@ import torch  # noqa: E402
 
 from common.fixed_responses import fixed_response_ids  # noqa: E402
 from common.outputs import read_jsonl  # noqa: E402
-from common.prompts import prompt_text  # noqa: E402
+from common.messages import prompt_text  # noqa: E402
 from common.tokenizer import load_tokenizer, render_prompt_ids  # noqa: E402
 
 TOKENIZER = ROOT / "assets" / "llama3_tokenizer"
@@ -110,6 +111,10 @@ class Settings:
     max_grad_norm: float = 1e4  # equal on both sides and never reached: both report grad_norm
     missing_eos_penalty: float = 1.0
     seed: int = 1234
+    # pad_token_id in the policy's config.json (None: unset, as in Meta's Llama 3 configs). Some SFT
+    # checkpoints set it to <|eot_id|> (128009); HF then never updates that embedding row through the
+    # lookup (padding_idx), and this project must do the same (common/hf_semantics.py).
+    policy_pad_token_id: int | None = None
 
     def beta(self, loss_type: str) -> float:
         return self.beta_sigmoid if loss_type == "sigmoid" else self.beta_ipo
@@ -121,7 +126,7 @@ class Settings:
 # ------------------------------------------------------------------------------------- assets
 
 
-def _llama_config(*, reward: bool):
+def _llama_config(*, reward: bool, policy_pad_token_id: int | None = None):
     from transformers import LlamaConfig
 
     return LlamaConfig(
@@ -130,10 +135,10 @@ def _llama_config(*, reward: bool):
         rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
                          "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
         tie_word_embeddings=not reward, attention_dropout=0.0, num_labels=1,
-        # No pad id on the policy (as in Meta's Llama 3 configs): HF builds nn.Embedding with
-        # padding_idx=pad_token_id, which zeroes the gradient of that row, and Llama 3's pad is
-        # <|eot_id|>, a real token of every prompt and response.
-        bos_token_id=128000, eos_token_id=128009, pad_token_id=128009 if reward else None,
+        # By default no pad id on the policy (as in Meta's Llama 3 configs). With one, HF builds
+        # nn.Embedding with padding_idx=pad_token_id, which stops the lookup's gradient to that row;
+        # with <|eot_id|>, a real token of every prompt and response, that changes training.
+        bos_token_id=128000, eos_token_id=128009, pad_token_id=128009 if reward else policy_pad_token_id,
     )
 
 
@@ -153,7 +158,7 @@ def make_assets(root: Path, s: Settings) -> dict[str, Path]:
     root.mkdir(parents=True, exist_ok=True)
     paths = {"policy": root / "policy", "reward": root / "reward", "prompts": root / "prompts.jsonl", "fixed": root / "fixed.jsonl"}
     torch.manual_seed(s.seed)
-    LlamaForCausalLM(_llama_config(reward=False)).save_pretrained(paths["policy"])
+    LlamaForCausalLM(_llama_config(reward=False, policy_pad_token_id=s.policy_pad_token_id)).save_pretrained(paths["policy"])
     torch.manual_seed(s.seed + 1)
     reward = LlamaForSequenceClassification(_llama_config(reward=True))
     with torch.no_grad():  # a wider spread of scores than the default init (std 0.02)
@@ -449,8 +454,10 @@ def main() -> int:
     p.add_argument("--tp", nargs="+", type=int, default=[1, 2])
     p.add_argument("--out", type=Path, default=None, help="folder for parity.json and the runs (default: a temporary one)")
     p.add_argument("--plot", type=Path, default=ROOT / "docs" / "parity.png")
+    p.add_argument("--policy-pad-token-id", type=int, default=None, metavar="ID",
+                   help="set pad_token_id in the policy's config.json (e.g. 128009 = <|eot_id|>): HF's padding_idx semantics")
     args = p.parse_args()
-    s = Settings(steps=args.steps)
+    s = Settings(steps=args.steps, policy_pad_token_id=args.policy_pad_token_id)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.out or Path(tmp)
         results = run_all(s, args.loss_types, args.tp, workdir)

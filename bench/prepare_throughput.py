@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from common.tokenizer import load_tokenizer  # noqa: E402
-from data.dataset import open_table  # noqa: E402
+from common.prepared import open_table  # noqa: E402
 from data.prepare import Settings, prepare  # noqa: E402
 
 SHARED = Path("/work/shared/datasets")

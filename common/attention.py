@@ -11,7 +11,7 @@ tokens, 4 layers, 2 threads) attention went from ~40 % of the forward to <10 %.
 Masks keep Megatron's convention (bool, True = masked, broadcastable to [B, 1, Sq, Sk]); without a
 mask the attention is causal (bottom-right aligned when Sk > Sq, as a KV cache needs), which is all
 a right-padded batch needs: every real token sits before its row's padding, so causal attention
-already keeps padding out of every real position (see logprobs.logprob_inputs).
+already keeps padding out of every real position (common/schedule.py passes no mask).
 
 The result equals the dense path up to fp32 rounding (a different summation order in the
 softmax; max |diff| ~1e-7 on unit-scale activations, tests/test_attention.py).

@@ -21,6 +21,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import jsonl
+
 KEEP = 2  # complete checkpoints kept; older ones are removed after a new one is published
 
 
@@ -79,12 +81,34 @@ def read_driver_state(ckpt: Path) -> dict:
     return json.loads((ckpt / "driver.json").read_text())
 
 
-def truncate_jsonl(path: Path, last_step: int) -> None:
-    """Drop rows of iterations after ``last_step`` (written by the run that crashed)."""
+def rows_end(path: Path, last_step: int) -> int:
+    """Byte offset where the rows of ``metrics.jsonl``/``rollouts.jsonl`` after iteration
+    ``last_step`` begin (they came from the run that stopped). Reads and checks every row, writes
+    nothing: a damaged file stops ``--resume`` before any file changes. A last line cut short by a
+    kill (no ``\n``) is a torn write and is dropped with the rows after the checkpoint."""
     if not path.is_file():
-        return
-    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
-    write_atomic(path, "".join(r + "\n" for r in rows))
+        raise ValueError(f"--resume: {path} is missing; the run folder is damaged, start a new run")
+    end = offset = 0
+    later = False  # a row after the checkpoint was seen
+    for row, line in jsonl.iter_lines(path):
+        offset += len(line)
+        if not line.endswith(b"\n"):
+            break  # torn final line
+        if not line.strip():
+            continue
+        obj = jsonl.loads(line, f"{path} row {row}")
+        if not isinstance(obj, dict) or not isinstance(obj.get("step"), int):
+            raise ValueError(f"{path} row {row}: no integer `step`; the run folder is damaged (rows there are written by run.sh)")
+        if obj["step"] > last_step:
+            later = True
+        elif later:
+            raise ValueError(f"{path} row {row}: iteration {obj['step']} after a later one; the run folder is damaged")
+        else:
+            end = offset
+    return end
+
+
+LOGS = ("metrics.jsonl", "rollouts.jsonl")
 
 
 @dataclass(frozen=True)
@@ -92,6 +116,16 @@ class ResumePoint:
     run_dir: Path
     checkpoint: Path
     state: dict  # driver.json: {"step": k, "stream": PromptStream state}
+    log_ends: dict[str, int]  # file name -> byte offset where its rows after the checkpoint begin
+
+    def truncate_logs(self) -> None:
+        """Drop the rows written after the checkpoint: the one change ``--resume`` makes before
+        Ray starts, done once every check has passed."""
+        for name, end in self.log_ends.items():
+            path = self.run_dir / name
+            os.truncate(path, end)
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
 
 
 def resume_point(run_dir: str | None) -> ResumePoint | None:
@@ -106,4 +140,11 @@ def resume_point(run_dir: str | None) -> ResumePoint | None:
         raise ValueError(
             f"--resume {run_dir}: the run has no checkpoint yet; set training.save_interval to write them"
         )
-    return ResumePoint(path, ckpt, read_driver_state(ckpt))
+    state = read_driver_state(ckpt)
+    if not isinstance(state.get("step"), int) or "stream" not in state:
+        raise ValueError(f"checkpoint {ckpt}: driver.json lacks step/stream; the checkpoint is damaged")
+    actor = ckpt / "actor"
+    if not ((actor / "meta.json").is_file() and (actor / "arch.json").is_file()) or not list(ckpt.glob("optim_rank*.pt")):
+        raise ValueError(f"checkpoint {ckpt}: no actor weights or optimizer state; the checkpoint is damaged")
+    log_ends = {name: rows_end(path / name, state["step"]) for name in LOGS}
+    return ResumePoint(path, ckpt, state, log_ends)

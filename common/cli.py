@@ -1,6 +1,6 @@
 """Command line shared by every recipe's launch script:
 
-    ./run.sh <recipe> [--nodes N] [--out DIR] [--overlay NAME] [--resume RUN_DIR] [key=value ...]
+    ./run.sh <recipe> [--nodes N] [--out DIR] [--overlay NAME] [--resume RUN_DIR] [--export-hf DIR] [key=value ...]
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ class Args:
     overlay: str | None
     resume: str | None
     overrides: list[str]
+    export_hf: str | None = None
 
 
 def parse_args(recipe: str, argv: list[str] | None = None) -> Args:
@@ -30,6 +31,10 @@ def parse_args(recipe: str, argv: list[str] | None = None) -> Args:
         help="a YAML of overrides merged over the frozen config: recipes/<recipe>/NAME.yaml or a file path (e.g. cpu_scale)",
     )
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    p.add_argument(
+        "--export-hf", default=None, metavar="DIR",
+        help="after the run, also write the trained actor (RUN_DIR/final) as a Hugging Face folder transformers loads",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value")
     ns = p.parse_intermixed_args(argv)  # options may come after overrides too
     if ns.nodes < 1:
@@ -38,4 +43,4 @@ def parse_args(recipe: str, argv: list[str] | None = None) -> Args:
         p.error("--resume continues in its own run folder; drop --out")
     if ns.resume and ns.overlay:
         p.error("--resume continues with the stopped run's resolved config; drop --overlay")
-    return Args(nodes=ns.nodes, out=ns.out, overlay=ns.overlay, resume=ns.resume, overrides=ns.overrides)
+    return Args(nodes=ns.nodes, out=ns.out, overlay=ns.overlay, resume=ns.resume, overrides=ns.overrides, export_hf=ns.export_hf)

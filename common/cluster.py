@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections import Counter
 
 import ray
@@ -11,21 +12,53 @@ from omegaconf import DictConfig, OmegaConf
 from common.config import PROJECT_ROOT, role_devices, roles_in_use
 from common.device import Device
 from common.placement import Node, check_nodes, cluster_nodes, plan_placement
+from common.quiet import quiet_private_ray
 from common.worker_group import WorkerGroup
 
 
-def start_ray(nodes: int) -> None:
-    """One node: a private Ray instance sized to this machine. Several: join the running cluster.
+NO_CLUSTER = "no Ray cluster found; start one with `ray start --head ...` or set RAY_ADDRESS (README: Placement and several nodes)"
+
+
+def cluster_address() -> str:
+    """The cluster a multi-node run joins: ``RAY_ADDRESS``, else the one ``ray start`` started on
+    this node (Ray records its address under the Ray temp folder). Never another process's private
+    ``ray.init`` instance, which Ray's own ``address="auto"`` would join. Raises when neither
+    names a cluster that answers."""
+    from ray._private.services import find_bootstrap_address
+
+    address = os.environ.get("RAY_ADDRESS", "")
+    source = f"RAY_ADDRESS={address}"
+    if address in ("", "auto"):
+        address, source = find_bootstrap_address(None), "the cluster `ray start` recorded on this node"
+        if not address:
+            raise ValueError(NO_CLUSTER)
+    host, _, port = address.rpartition(":")
+    if "://" not in address and port.isdigit():  # host:port of a GCS: does anything answer there?
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except OSError:
+            raise ValueError(f"{source}: nothing answers at {address}; " + NO_CLUSTER) from None
+    return address
+
+
+def start_ray(nodes: int, worker_env: dict[str, str] | None = None) -> None:
+    """One node: a private Ray instance sized to this machine. Several: join the running cluster
+    (``cluster_address``).
 
     Workers import ``common`` from this checkout (the same path on every node), whatever the
-    driver's current directory is.
+    driver's current directory is, and get ``worker_env`` (the device's, ``Device.worker_env``).
     """
-    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}}
+    pythonpath = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+    # PyTorch's kernel choice follows the driver's on every node (a joined cluster's raylets were
+    # started without it): this is how the curves are checked under other CPU kernels
+    kernels = {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY",) if k in os.environ}
+    runtime_env = {"env_vars": {"PYTHONPATH": pythonpath, **kernels, **(worker_env or {})}}
     if nodes == 1 and "RAY_ADDRESS" not in os.environ:
+        quiet_private_ray()
         # address="local": always a private instance, never an unrelated cluster running on this machine
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="warning", runtime_env=runtime_env)
     else:
-        ray.init(address=os.environ.get("RAY_ADDRESS", "auto"), logging_level="warning", runtime_env=runtime_env)
+        ray.init(address=cluster_address(), logging_level="warning", runtime_env=runtime_env)
 
 
 def device_resource(cfg: DictConfig, device: Device) -> str | None:

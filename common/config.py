@@ -19,11 +19,12 @@ import difflib
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from common.arch import LlamaArch, check_arch
+from common.arch import LlamaArch, check_arch, layout_problem
+from common.dtypes import DTYPE_NAMES
 
 # --------------------------------------------------------------------------------------- schema
 
@@ -43,6 +44,7 @@ class TrainingConfig:
     seq_length: int = 512  # prompt + response tokens
     seed: int = 1234
     save_interval: int = 0  # iterations between checkpoints (run folder/checkpoints); 0 = none
+    max_restarts: int = 0  # restarts of every role from the last checkpoint after a lost worker (needs save_interval)
     tokenizer_name_or_path: str = "assets/llama3_tokenizer"
     device: str = "auto"  # auto | cpu | cuda | npu
     dtype: str = "fp32"  # fp32 | bf16 | fp16 (CPU: fp32 only)
@@ -105,6 +107,13 @@ class ActorRolloutRefConfig:
 class RewardConfig:
     load: Optional[str] = None  # None (and no function): random-init reward model, seed training.seed+1
     function: Optional[str] = None  # "module:callable"; when set no reward model is built
+    # more "module:callable" terms, and one weight per term (reward model, function, functions);
+    # the rules and examples are in common/reward_terms.py
+    functions: List[str] = field(default_factory=list)
+    weights: Optional[List[float]] = None  # None: every term 1.0
+    # the reward model's tokenizer (HF dir); None: reward.load's own when it ships one, else the
+    # policy's. A different tokenizer or chat template -> responses re-rendered (common/reward_tokenize.py)
+    tokenizer_name_or_path: Optional[str] = None
     score_position: str = "eos"  # eos | before_eos
     model: Optional[LlamaArch] = None  # architecture of a random-init reward model; None = `model`
     micro_batch_size: Optional[int] = None
@@ -145,7 +154,7 @@ ROLES = ("actor_rollout", "ref", "reward")
 INHERITED_KEYS = ("micro_batch_size", "tensor_model_parallel_size", "pipeline_model_parallel_size")
 CHOICES = {
     "training.device": ("auto", "cpu", "cuda", "npu"),
-    "training.dtype": ("fp32", "bf16", "fp16"),
+    "training.dtype": DTYPE_NAMES,
     "actor_rollout_ref.actor_rollout.lr_decay_style": ("constant", "linear", "cosine"),
     "reward.score_position": ("eos", "before_eos"),
     "algorithm.loss_type": ("sigmoid", "ipo"),
@@ -245,7 +254,7 @@ def _resolve_roles(cfg: DictConfig) -> None:
         actor.generate_tensor_model_parallel_size = actor.tensor_model_parallel_size
     if actor.ppo_mini_batch_size is None:
         actor.ppo_mini_batch_size = cfg.training.global_batch_size
-    if cfg.reward.model is None and cfg.reward.function is None and cfg.reward.load is None:
+    if cfg.reward.model is None and uses_reward_model(cfg) and cfg.reward.load is None:
         cfg.reward.model = cfg.model.copy()
 
 
@@ -257,6 +266,7 @@ PATH_KEYS = (
     "actor_rollout_ref.actor_rollout.load",
     "actor_rollout_ref.ref.load",
     "reward.load",
+    "reward.tokenizer_name_or_path",
 )
 
 
@@ -279,8 +289,22 @@ def _resolve_paths(cfg: DictConfig) -> None:
 # ---------------------------------------------------------------------------------- validation
 
 
+def role_load(cfg: DictConfig, role: str) -> str | None:
+    """The weights a role starts from (None: random init from the config's architecture). The
+    reference defaults to the actor's starting weights (with no ``load`` at all both are the same
+    seeded init, identical for any TP/PP layout); generating ranks hold the actor's."""
+    if role in ("ref", "rollout"):
+        own = cfg.actor_rollout_ref.ref.load if role == "ref" else None
+        return own or cfg.actor_rollout_ref.actor_rollout.load
+    return role_section(cfg, role).load
+
+
 def role_section(cfg: DictConfig, role: str) -> DictConfig:
     return cfg.reward if role == "reward" else cfg.actor_rollout_ref[role]
+
+
+def _section_key(role: str) -> str:
+    return "reward" if role == "reward" else f"actor_rollout_ref.{role}"
 
 
 def role_devices(cfg: DictConfig, role: str) -> int:
@@ -305,6 +329,12 @@ def data_parallel_size(cfg: DictConfig, role: str) -> int:
     return role_devices(cfg, role) // (tp * pp)
 
 
+def uses_reward_model(cfg: DictConfig) -> bool:
+    """A reward model is built unless a function replaces it (common/reward_terms.py)."""
+    r = cfg.reward
+    return r.function is None and (r.load is not None or not r.functions)
+
+
 def roles_in_use(cfg: DictConfig) -> tuple[str, ...]:
     """Worker groups of a run, in placement order: the actor's training ranks, its generating
     ranks ("rollout", when it has any), the reference, and the reward model unless a reward
@@ -313,7 +343,7 @@ def roles_in_use(cfg: DictConfig) -> tuple[str, ...]:
     if cfg.actor_rollout_ref.actor_rollout.generate_devices > 0:
         roles.append("rollout")
     roles.append("ref")
-    if cfg.reward.function is None:
+    if uses_reward_model(cfg):
         roles.append("reward")
     return tuple(roles)
 
@@ -330,6 +360,15 @@ def validate(cfg: DictConfig) -> None:
         if not value > 0:
             raise ValueError(f"{key}={value}: must be > 0")
 
+    for role in ROLES:  # first: every later rule divides by these
+        if role == "reward" and cfg.reward.function is not None:
+            continue
+        if cfg.resource_pool[role] < 1:
+            raise ValueError(f"resource_pool.{role}={cfg.resource_pool[role]}: must be >= 1 (devices of role {role})")
+    for key in ("training.micro_batch_size", *(f"{_section_key(r)}.micro_batch_size" for r in ROLES)):
+        if OmegaConf.select(cfg, key) < 1:
+            raise ValueError(f"{key}={OmegaConf.select(cfg, key)}: must be >= 1 (prompts per forward/backward)")
+    positive("actor_rollout_ref.actor_rollout.lr", actor.lr)
     positive("training.train_iters", t.train_iters)
     positive("training.global_batch_size", t.global_batch_size)
     positive("actor_rollout_ref.actor_rollout.temperature", actor.temperature)
@@ -365,6 +404,11 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"actor_rollout_ref.actor_rollout.lr_warmup_fraction={actor.lr_warmup_fraction}: must be in [0, 1)")
     if actor.min_lr > actor.lr:
         raise ValueError(f"actor_rollout_ref.actor_rollout.min_lr={actor.min_lr} > lr={actor.lr}; lower min_lr")
+    if t.max_restarts < 0 or (t.max_restarts > 0 and t.save_interval <= 0):
+        raise ValueError(
+            f"training.max_restarts={t.max_restarts} with training.save_interval={t.save_interval}: a restart resumes "
+            "from the last checkpoint; set save_interval > 0 (or max_restarts=0), max_restarts >= 0"
+        )
     if t.device == "cpu" and t.dtype != "fp32":
         raise ValueError(
             f"training.dtype={t.dtype} on training.device=cpu: bf16/fp16 matmuls are ~500x slower on CPU; "
@@ -375,6 +419,18 @@ def validate(cfg: DictConfig) -> None:
             raise ValueError(f"reward.function={cfg.reward.function!r}: expected 'module:callable', e.g. myrewards:score")
         if cfg.reward.load is not None:
             raise ValueError("reward.function and reward.load are both set; keep one (a function replaces the model)")
+    for spec in cfg.reward.functions:
+        if ":" not in spec:
+            raise ValueError(f"reward.functions: {spec!r} is not 'module:callable'; write e.g. reward.functions=[myrewards:score]")
+    if cfg.reward.weights is not None:
+        from common.reward_terms import term_names
+
+        names = term_names(cfg.reward)
+        if len(cfg.reward.weights) != len(names):
+            raise ValueError(
+                f"reward.weights={list(cfg.reward.weights)}: {len(cfg.reward.weights)} weights for {len(names)} reward terms "
+                f"({', '.join(names)}); give one weight per term, in that order"
+            )
     check_arch(cfg.model, "model")
     if cfg.reward.model is not None:
         check_arch(cfg.reward.model, "reward.model")
@@ -406,9 +462,9 @@ def validate(cfg: DictConfig) -> None:
 def _validate_role_layout(cfg: DictConfig, role: str) -> None:
     tp, pp = role_parallel_sizes(cfg, role)
     devices = role_devices(cfg, role)
-    prefix = {"reward": "", "rollout": "actor_rollout_ref.actor_rollout.generate_"}.get(role, "actor_rollout_ref.")
     if tp < 1 or pp < 1:
-        raise ValueError(f"{prefix}{role}: tensor/pipeline parallel sizes must be >= 1 (got TP={tp}, PP={pp})")
+        raise ValueError(f"role {role}: tensor/pipeline parallel sizes must be >= 1 (got TP={tp}, PP={pp}); "
+                         f"set {_section_key(role) if role != 'rollout' else 'actor_rollout_ref.actor_rollout.generate_*'} sizes >= 1")
     if devices < 1 or devices % (tp * pp):
         what = {
             "actor_rollout": "resource_pool.actor_rollout - generate_devices",
@@ -419,14 +475,12 @@ def _validate_role_layout(cfg: DictConfig, role: str) -> None:
             f"for role {role}; make it {tp * pp} x (data-parallel size)"
         )
     arch = cfg.reward.model if role == "reward" and cfg.reward.model is not None else cfg.model
-    prefix = "actor_rollout_ref." if role != "reward" else ""
-    if arch.num_query_groups % tp or arch.num_attention_heads % tp:
-        raise ValueError(
-            f"role {role}: TP={tp} must divide num_attention_heads={arch.num_attention_heads} and "
-            f"num_query_groups={arch.num_query_groups}; lower {prefix}{role}.tensor_model_parallel_size"
-        )
-    if arch.num_layers % pp:
-        raise ValueError(f"role {role}: PP={pp} must divide num_layers={arch.num_layers}")
+    problem = layout_problem(arch, tp, pp)
+    if problem:
+        which, why = problem
+        key = "actor_rollout_ref.actor_rollout.generate_tensor_model_parallel_size" if role == "rollout" else (
+            f"{_section_key(role)}.{'tensor' if which == 'tp' else 'pipeline'}_model_parallel_size")
+        raise ValueError(f"role {role}: {why}; change {key}")
     if pp > 1 and role == "actor_rollout" and cfg.actor_rollout_ref.actor_rollout.generate_devices == 0:
         raise ValueError(
             f"role {role}: pipeline_model_parallel_size={pp}: the actor generates on its training ranks, "

@@ -22,9 +22,9 @@ Three forms of the same weights:
   a model of any TP/PP: same TP -> shards are copied; other TP -> the full tensor of each
   parameter is merged from the checkpoint's shards and re-sharded (`load_checkpoint_into_model`).
 
-The TP layout itself (which rows/columns a rank holds) lives in common/model.py (`_shard`,
-`merge_shards`); the HF -> Megatron name mapping too (`_hf_full_tensor`, used by
-`load_hf_llama_state_dict`). This module adds the reverse mapping, file formats and gathering.
+The TP layout itself (which rows/columns a rank holds) and the HF -> Megatron name mapping live in
+common/weight_layout.py (`shard`, `merge_shards`, `hf_full_tensor`). This module adds the reverse
+mapping, file formats and gathering.
 
     python -m tools.convert_checkpoint hf-to-mcore --hf DIR --out DIR --tp N --pp N
     python -m tools.convert_checkpoint mcore-to-hf --ckpt DIR --out DIR [--tokenizer DIR]
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fnmatch
 import json
 import os
 import shutil
@@ -42,17 +43,10 @@ from pathlib import Path
 
 import torch
 
+from common.arch import layout_problem
 from common.checkpoint import fsync_dir
-from common.model import (
-    LlamaArch,
-    RewardModel,
-    _global_names,
-    _hf_full_tensor,
-    _shard,
-    load_hf_llama_state_dict,
-    merge_shards,
-    padded_vocab_size,
-)
+from common.model import LlamaArch, RewardModel, load_hf_llama_state_dict
+from common.weight_layout import global_names, hf_full_tensor, merge_shards, padded_vocab_size, shard
 
 FORMAT = "odpo-megatron"
 FORMAT_VERSION = 1
@@ -70,8 +64,7 @@ _TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
     "chat_template.json", "tokenizer.model", "added_tokens.json", "vocab.json", "merges.txt",
 )
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+_HF_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 Progress = Callable[[int], None] | None  # called with the number of tensors just done
 
@@ -228,13 +221,9 @@ def _check_arch(got: LlamaArch, want: LlamaArch, where: str) -> None:
 
 def megatron_param_names(arch: LlamaArch, *, reward: bool, pp: int = 1, pp_rank: int = 0) -> list[str]:
     """Model-wide names of the parameters pipeline stage `pp_rank` of `pp` holds (what
-    `model._global_names` yields for a model built there). Tied embeddings: the last stage of a
+    `weight_layout.global_names` yields for a model built there). Tied embeddings: the last stage of a
     pipeline (PP > 1) holds its own copy `output_layer.weight`; with PP = 1 there is none."""
-    if arch.num_layers % pp != 0:
-        raise ValueError(
-            f"pipeline split: num_layers {arch.num_layers} is not divisible by pp {pp}; "
-            "use a pp that divides the layer count"
-        )
+    check_layout(arch, 1, pp)
     per_stage = arch.num_layers // pp
     first, last = pp_rank == 0, pp_rank == pp - 1
     names = ["embedding.word_embeddings.weight"] if first else []
@@ -258,7 +247,7 @@ def _full_source_name(name: str, arch: LlamaArch, reward: bool) -> str:
 def hf_to_full(hf_sd: Mapping, arch: LlamaArch, reward: bool) -> dict[str, torch.Tensor]:
     """HF Llama state dict -> full (TP=1, PP=1) Megatron state dict."""
     hf_to_full_check_keys(hf_sd.keys(), arch, reward)
-    full = {n: _hf_full_tensor(n, hf_sd, arch, reward) for n in megatron_param_names(arch, reward=reward)}
+    full = {n: hf_full_tensor(n, hf_sd, arch, reward) for n in megatron_param_names(arch, reward=reward)}
     return full
 
 
@@ -360,6 +349,9 @@ class HFSafetensors(Mapping):
 
 def read_hf_config(hf_dir: str | os.PathLike) -> dict:
     path = Path(hf_dir) / "config.json"
+    if not Path(hf_dir).is_dir():
+        raise ValueError(f"HF model {hf_dir}: folder not found; give a local Hugging Face model folder "
+                         f"(e.g. `.venv/bin/hf download <repo-id> --local-dir {hf_dir}`)")
     if not path.is_file():
         raise ValueError(f"HF model {hf_dir}: no config.json; give a Hugging Face model directory")
     return json.loads(path.read_text())
@@ -387,6 +379,55 @@ def load_hf_into_model(
 # Writing directories atomically
 
 
+# What each writer of this module leaves in its folder. An existing output folder is replaced only
+# when it is this module's own output of the same kind and holds nothing else: a converter must
+# never delete what a user put there (a notes.txt, a source model).
+EXPORT_MARKER = "odpo_export.json"  # in every HF folder export_hf writes; says "ours, replaceable"
+_OWN_FILES = {
+    "checkpoint": ("meta.json", "arch.json", "hf_config.json", "hf_generation_config.json", "model_tp*_pp*.safetensors"),
+    "hf-export": (EXPORT_MARKER, "config.json", "generation_config.json", "model.safetensors",
+                  "model-*-of-*.safetensors", "model.safetensors.index.json", *_TOKENIZER_FILES),
+}
+_KIND_NAMES = {"checkpoint": "a checkpoint of this project (meta.json + arch.json)",
+               "hf-export": f"a Hugging Face folder written by mcore-to-hf ({EXPORT_MARKER})"}
+
+
+def output_kind(path: str | os.PathLike) -> str | None:
+    """``"checkpoint"`` or ``"hf-export"`` for a folder this module wrote, else None."""
+    path = Path(path)
+    if is_checkpoint(path):
+        return "checkpoint"
+    if (path / EXPORT_MARKER).is_file():
+        return "hf-export"
+    return None
+
+
+def check_output_dir(out_dir: str | os.PathLike, kind: str, inputs: Mapping[str, str | os.PathLike] = {}) -> None:
+    """The one rule for every folder this module writes: ``out_dir`` is not, does not contain and
+    does not lie inside an input (``inputs``: option name -> path), and an existing ``out_dir`` is
+    replaced only when it is empty or this module's own output of ``kind`` holding nothing else."""
+    out = Path(os.path.realpath(out_dir))
+    for option, path in inputs.items():
+        if path is None:
+            continue
+        src = Path(os.path.realpath(path))
+        if out == src or src.is_relative_to(out) or out.is_relative_to(src):
+            raise ValueError(f"--out {out_dir}: is, contains or lies inside {option} {path}, which would be "
+                             f"replaced; --out must be a separate new folder")
+    if not os.path.lexists(out_dir):
+        return
+    if not Path(out_dir).is_dir():
+        raise ValueError(f"--out {out_dir}: is a file; --out must be a folder (new, or {_KIND_NAMES[kind]} to replace)")
+    found = sorted(p.name for p in Path(out_dir).iterdir())
+    if not found:
+        return
+    theirs = [n for n in found if not any(fnmatch.fnmatch(n, pat) for pat in _OWN_FILES[kind])]
+    if output_kind(out_dir) != kind or theirs:
+        detail = f"it holds {', '.join((theirs or found)[:4])}{', ...' if len(theirs or found) > 4 else ''}"
+        raise ValueError(f"--out {out_dir}: exists and is not only {_KIND_NAMES[kind]} ({detail}); "
+                         "nothing there is deleted: pick a new folder, or remove it yourself")
+
+
 def _tmp_path(out_dir: Path) -> Path:
     return out_dir.parent / f".{out_dir.name}.tmp"
 
@@ -400,7 +441,14 @@ def _prepare_tmp(out_dir: Path) -> Path:
 
 
 def _publish(tmp: Path, out_dir: Path) -> None:
-    """fsync every file of `tmp`, then move it to `out_dir` (replacing an older one)."""
+    """fsync every file of `tmp`, then move it to `out_dir` (replacing an older one of the same
+    kind only: ``check_output_dir``, checked again here as the last guard before a delete)."""
+    kind = output_kind(tmp)
+    if kind is None:  # a plain HF folder (save_hf without export_hf's marker): never replaces one
+        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+            raise ValueError(f"{out_dir}: exists and is not empty; write to a new folder")
+    else:
+        check_output_dir(out_dir, kind)
     for path in tmp.iterdir():
         with open(path, "rb") as f:
             os.fsync(f.fileno())
@@ -471,6 +519,7 @@ def save_hf(
     *,
     generation_config: dict | None = None,
     max_shard_bytes: int = 5 * 2**30,
+    marker: dict | None = None,
 ) -> None:
     """Write a HF model directory (atomically): safetensors (sharded with an index when larger
     than `max_shard_bytes`), config.json, generation_config.json and, from `tokenizer_dir`, the
@@ -491,10 +540,10 @@ def save_hf(
         for key, value in special.items():
             config.setdefault(key, value)
     dtypes = {t.dtype for t in hf_sd.values()}
-    if len(dtypes) == 1 and next(iter(dtypes)) in _DTYPE_NAMES:
+    if len(dtypes) == 1 and next(iter(dtypes)) in _HF_DTYPE_NAMES:
         # transformers 5 writes `dtype`, 4 and Meta's files `torch_dtype`: keep the file's style
         key = "dtype" if "dtype" in config else "torch_dtype"
-        config[key] = _DTYPE_NAMES[next(iter(dtypes))]
+        config[key] = _HF_DTYPE_NAMES[next(iter(dtypes))]
     if generation_config is None:
         generation_config = {"_from_model_config": True}
         for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
@@ -520,15 +569,17 @@ def save_hf(
             _save_safetensors(shards[0], tmp / "model.safetensors", {"format": "pt"})
         else:
             weight_map = {}
-            for i, shard in enumerate(shards, 1):
+            for i, part in enumerate(shards, 1):
                 fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-                _save_safetensors(shard, tmp / fname, {"format": "pt"})
-                weight_map.update({name: fname for name in shard})
+                _save_safetensors(part, tmp / fname, {"format": "pt"})
+                weight_map.update({name: fname for name in part})
             total = sum(t.numel() * t.element_size() for t in hf_sd.values())
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             _write_json(tmp / "model.safetensors.index.json", index)
         _write_json(tmp / "config.json", config)
         _write_json(tmp / "generation_config.json", generation_config)
+        if marker is not None:
+            _write_json(tmp / EXPORT_MARKER, marker)
         if tokenizer_dir is not None:
             for fname in _TOKENIZER_FILES:
                 if (tokenizer_dir / fname).is_file():
@@ -550,16 +601,10 @@ def _meta(arch: LlamaArch, kind: str, tp: int, pp: int) -> dict:
     }
 
 
-def _check_layout(arch: LlamaArch, tp: int, pp: int) -> None:
-    if tp < 1 or pp < 1:
-        raise ValueError(f"layout: tp {tp} and pp {pp} must be >= 1")
-    if arch.num_query_groups % tp != 0:
-        raise ValueError(
-            f"layout: tp {tp} does not divide the {arch.num_query_groups} KV heads "
-            "(num_key_value_heads); use a tp that divides it"
-        )
-    if arch.num_layers % pp != 0:
-        raise ValueError(f"layout: pp {pp} does not divide num_layers {arch.num_layers}; use a divisor")
+def check_layout(arch: LlamaArch, tp: int, pp: int) -> None:
+    problem = layout_problem(arch, tp, pp)
+    if problem:
+        raise ValueError(f"layout: {problem[1]}; use a --{problem[0]} that divides it")
 
 
 def iter_shards(
@@ -568,14 +613,14 @@ def iter_shards(
     """(tp_rank, pp_rank, tensors) of every Megatron rank, from full tensors: `full` maps full
     names to tensors (a dict, or `FullFromHF` to stream from a HF directory). One pipeline
     stage is materialised at a time; each full tensor is read once."""
-    _check_layout(arch, tp, pp)
+    check_layout(arch, tp, pp)
     padded = padded_vocab_size(arch.vocab_size, tp)
     for pp_rank in range(pp):
         stage = [{} for _ in range(tp)]
         for name in megatron_param_names(arch, reward=reward, pp=pp, pp_rank=pp_rank):
             tensor = full[_full_source_name(name, arch, reward)]
             for tp_rank in range(tp):
-                stage[tp_rank][name] = _shard(name, tensor, padded, reward, rank=tp_rank, tp=tp).clone()
+                stage[tp_rank][name] = shard(name, tensor, padded, reward, rank=tp_rank, tp=tp).clone()
             if progress:
                 progress(1)
         for tp_rank in range(tp):
@@ -590,7 +635,7 @@ class FullFromHF(Mapping):
         self.names = megatron_param_names(arch, reward=reward)
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return _hf_full_tensor(name, self.hf, self.arch, self.reward)
+        return hf_full_tensor(name, self.hf, self.arch, self.reward)
 
     def __iter__(self):
         return iter(self.names)
@@ -613,7 +658,7 @@ def write_checkpoint(
     progress: Progress = None,
 ) -> None:
     """Write a Megatron checkpoint for a TP x PP layout from full tensors (offline, one process)."""
-    _check_layout(arch, tp, pp)
+    check_layout(arch, tp, pp)
     with atomic_dir(out_dir) as tmp:
         for tp_rank, pp_rank, tensors in iter_shards(full, arch, reward=reward, tp=tp, pp=pp, progress=progress):
             if dtype is not None:
@@ -639,6 +684,13 @@ class CheckpointReader:
         from safetensors import safe_open
 
         self.dir = Path(ckpt_dir)
+        if not self.dir.is_dir():
+            raise ValueError(f"checkpoint {self.dir}: folder not found; check the path")
+        if not is_checkpoint(self.dir) and (self.dir / "config.json").is_file():
+            raise ValueError(
+                f"checkpoint {self.dir}: is a Hugging Face model folder (config.json), not a checkpoint of this "
+                f"project; it loads as it is, or convert it with `python -m tools.convert_checkpoint hf-to-mcore --hf {self.dir} --out <new folder>`"
+            )
         if not is_checkpoint(self.dir):
             raise ValueError(
                 f"checkpoint {self.dir}: no meta.json/arch.json; give a directory written by "
@@ -713,11 +765,11 @@ def load_checkpoint_into_model(model, ckpt_dir: str | os.PathLike, arch: LlamaAr
     gpt = model.gpt if reward else model
     tp = parallel_state.get_tensor_model_parallel_world_size()
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
-    for name, param in _global_names(gpt):
+    for name, param in global_names(gpt):
         if reader.tp == tp and reader.has_shard(name, tp_rank):
             value = reader.shard(name, tp_rank)
         else:
-            value = _shard(name, reader.full(name), gpt.vocab_size, reward)
+            value = shard(name, reader.full(name), gpt.vocab_size, reward)
         if value.shape != param.shape:
             raise ValueError(
                 f"checkpoint {ckpt_dir}: {name} has shape {tuple(value.shape)} here, the model "
@@ -760,7 +812,7 @@ def _stage_full_tensors(gpt, arch: LlamaArch, reward: bool) -> dict[str, torch.T
     keep = parallel_state.get_tensor_model_parallel_rank() == 0 and parallel_state.get_data_parallel_rank() == 0
     group = parallel_state.get_tensor_model_parallel_group()
     stage = {}
-    for name, param in _global_names(gpt):
+    for name, param in global_names(gpt):
         if _full_source_name(name, arch, reward) != name:
             continue  # a tied output layer's copy (PP > 1): the embedding is the weight
         local = param.detach().contiguous()
@@ -820,7 +872,7 @@ def save_checkpoint(
         _prepare_tmp(out_dir)
     torch.distributed.barrier()
     if parallel_state.get_data_parallel_rank() == 0:
-        tensors = {name: p.detach().cpu().clone() for name, p in _global_names(gpt)}
+        tensors = {name: p.detach().cpu().clone() for name, p in global_names(gpt)}
         path = tmp / shard_file_name(
             parallel_state.get_tensor_model_parallel_rank(), parallel_state.get_pipeline_model_parallel_rank()
         )
@@ -858,7 +910,8 @@ def export_hf(
     else:
         config = hf_config_from_arch(reader.arch, reward=reader.reward)
     generation_config = reader.optional_json("hf_generation_config.json")
-    save_hf(out_dir, hf_sd, config, tokenizer_dir, generation_config=generation_config)
+    marker = {"format": "odpo-hf-export", "version": 1, "source_kind": reader.meta["kind"]}
+    save_hf(out_dir, hf_sd, config, tokenizer_dir, generation_config=generation_config, marker=marker)
 
 
 def import_hf(
@@ -875,7 +928,7 @@ def import_hf(
     cfg = read_hf_config(hf_dir)
     arch = arch_from_hf_config(cfg)
     reward = is_reward_config(cfg)
-    _check_layout(arch, tp, pp)
+    check_layout(arch, tp, pp)
     hf = HFSafetensors(hf_dir)
     hf_to_full_check_keys(hf.keys(), arch, reward)
     gen_path = Path(hf_dir) / "generation_config.json"

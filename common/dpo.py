@@ -74,3 +74,36 @@ def dpo_metrics(
         "objective/rlhf_reward": (scores_PN.mean() - beta * kl).item(),
         "val/contain_eos_token": has_eos_PN.float().mean().item(),
     }
+
+
+def microbatch_dpo_loss(*, beta: float, loss_type: str):
+    """The actor's loss for ``common.schedule.run_microbatches``: a micro-batch of k pairs is 2k
+    sequences (k chosen, then k rejected) with the reference's summed log-probs in
+    ``batch.aux["ref"]``; returns (mean loss over the micro-batch, the policy's summed log-probs).
+    The schedule averages micro-batches, Megatron DDP the data-parallel ranks."""
+    from common.sequences import summed_response_logps
+
+    def loss_fn(batch, logps_BT1: torch.Tensor):
+        logps_S = summed_response_logps(logps_BT1, batch)
+        k = logps_S.shape[0] // 2
+        ref_S = batch.aux["ref"]
+        losses_B = dpo_losses(logps_S[:k], logps_S[k:], ref_S[:k], ref_S[k:], beta=beta, loss_type=loss_type)
+        return losses_B.mean(), {"chosen": logps_S[:k].detach(), "rejected": logps_S[k:].detach()}
+
+    return loss_fn
+
+
+def pair_sequences(pairs: list[dict], micro_batch_size: int):
+    """The actor's sequence layout for ``microbatch_dpo_loss``: per micro-batch of
+    ``micro_batch_size`` pairs, the chosen sequences then the rejected ones -> (sequences, the
+    reference's summed log-prob of each). A pair: ``prompt_ids, chosen_ids, rejected_ids,
+    ref_chosen, ref_rejected``."""
+    from common.sequences import Sequence
+
+    seqs, refs = [], []
+    for start in range(0, len(pairs), micro_batch_size):
+        micro = pairs[start : start + micro_batch_size]
+        seqs += [Sequence(p["prompt_ids"], p["chosen_ids"]) for p in micro]
+        seqs += [Sequence(p["prompt_ids"], p["rejected_ids"]) for p in micro]
+        refs += [p["ref_chosen"] for p in micro] + [p["ref_rejected"] for p in micro]
+    return seqs, refs

@@ -9,7 +9,8 @@ responses that fit in ``max_new_tokens``.
 
 from __future__ import annotations
 
-from common.prompts import load_fixed_responses, prompt_text
+from common.messages import prompt_text
+from common.prompts import load_fixed_responses
 
 
 def fixed_response_ids(path: str, tok, raw_prompts: list, n: int, max_new_tokens: int) -> list[list[list[int]]]:

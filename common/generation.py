@@ -2,10 +2,8 @@
 
 One prefill forward over the left-padded prompts, then one decode forward per new token for the
 whole batch. RoPE positions come from the cache offset, so a left-padded row sees the same
-relative positions as an unpadded one; padded keys are masked out.
-
-Sampling is inverse-CDF (cumulative softmax + searchsorted on uniform draws from the caller's
-generator): on CPU `torch.multinomial` over a 128k vocabulary costs ~58 ms per step, this ~3.5 ms.
+relative positions as an unpadded one; padded keys are masked out. Tokens are drawn by
+common/sampling.py (keyed Gumbel-max: the same on every CPU, whatever the batch split).
 """
 
 from __future__ import annotations
@@ -17,37 +15,7 @@ from megatron.core import parallel_state
 from megatron.core.inference.contexts import StaticInferenceContext
 from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
-
-def sample_tokens(
-    logits_BV: torch.Tensor,
-    *,
-    temperature: float,
-    top_k: int,
-    top_p: float,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    """Draw one token id per row from softmax(logits / temperature), filtered by top_k
-    (0 = off) and top_p (1.0 = off). Zero-probability ids are never drawn."""
-    if top_k == 1:
-        return logits_BV.argmax(dim=-1)
-    logits_BV = logits_BV.float() / temperature
-    if 0 < top_k < logits_BV.shape[-1]:
-        kth_B1 = torch.topk(logits_BV, top_k, dim=-1).values[:, -1:]
-        logits_BV.masked_fill_(logits_BV < kth_B1, float("-inf"))
-    probs_BV = torch.softmax(logits_BV, dim=-1)
-    if top_p < 1.0:
-        # Keep the most likely ids until their mass reaches top_p (always at least one).
-        sorted_BV, order_BV = probs_BV.sort(dim=-1, descending=True)
-        mass_before_BV = sorted_BV.cumsum(dim=-1) - sorted_BV
-        sorted_BV.masked_fill_(mass_before_BV >= top_p, 0.0)
-        probs_BV = torch.zeros_like(probs_BV).scatter_(-1, order_BV, sorted_BV)
-    cdf_BV = probs_BV.cumsum(dim=-1)
-    # u < cdf[-1] exactly (rand < 1), and the first cdf entry > u is never a zero-mass id.
-    u_B1 = torch.rand(
-        (cdf_BV.shape[0], 1), generator=generator, device=generator.device
-    ).to(cdf_BV.device) * cdf_BV[:, -1:]
-    ids_B = torch.searchsorted(cdf_BV, u_B1, right=True).squeeze(1)
-    return ids_B.clamp_(max=cdf_BV.shape[1] - 1)
+from common.sampling import sample_tokens
 
 
 @contextlib.contextmanager
@@ -104,16 +72,19 @@ def generate(
     top_k: int,
     top_p: float,
     eos_token_ids: list[int],
-    generator: torch.Generator,
+    sample_keys: list[int],
 ) -> list[list[int]]:
     """Sample a response for each prompt; returns the response ids (EOS kept, no padding).
 
     A row stops at its first EOS; the loop stops when every row has or after max_new_tokens.
     With TP > 1 every rank returns the same tokens (logits are gathered, and the tokens of TP
     rank 0 are broadcast so thread-count differences between ranks can never diverge them);
-    seed `generator` identically on all TP ranks.
+    ``sample_keys[row]`` (see ``sample_key``) fixes that row's sampling noise: the same key gives
+    the same response whatever else is in the batch.
     """
     _check_args(prompts, max_new_tokens, temperature, top_k, top_p, eos_token_ids)
+    if len(sample_keys) != len(prompts):
+        raise ValueError(f"generate: {len(sample_keys)} sample keys for {len(prompts)} prompts; pass one key per row")
     if parallel_state.get_pipeline_model_parallel_world_size() > 1:
         raise NotImplementedError(
             "generate: pipeline parallelism (PP > 1) is not supported for generation; "
@@ -144,7 +115,8 @@ def generate(
         with _vocab_major_output_layer(model):
             steps = _decode(
                 model, context, ids_BL, columns_S, prefill_mask, decode_mask, out_BN, eos_E,
-                temperature=temperature, top_k=top_k, top_p=top_p, generator=generator,
+                temperature=temperature, top_k=top_k, top_p=top_p,
+                keys_B=torch.tensor(sample_keys, dtype=torch.int64),
             )
     finally:
         model.train(was_training)
@@ -159,7 +131,7 @@ def generate(
 
 def _decode(
     model, context, ids_BL, columns_S, prefill_mask, decode_mask, out_BN, eos_E, *,
-    temperature, top_k, top_p, generator,
+    temperature, top_k, top_p, keys_B,
 ) -> int:
     """Prefill + decode loop filling out_BN; returns the number of steps taken."""
     (B, L), N = ids_BL.shape, out_BN.shape[1]
@@ -179,7 +151,7 @@ def _decode(
     for t in range(N):
         next_B = sample_tokens(
             logits_B1V[:, -1], temperature=temperature, top_k=top_k, top_p=top_p,
-            generator=generator,
+            keys_B=keys_B, position=t,
         )
         if tp > 1:
             torch.distributed.broadcast(

@@ -4,7 +4,7 @@ The architecture: RMSNorm, SwiGLU MLP, grouped-query attention, no linear biases
 optional Llama-3 frequency scaling, tied or untied embeddings, no dropout.
 
 Weights are laid out in Megatron's tensor-parallel format; every initialisation and load goes
-through one mapping, "full (TP=1) tensor of a parameter -> this rank's shard" (`_shard`), so a
+through one mapping, "full (TP=1) tensor of a parameter -> this rank's shard" (`common.weight_layout.shard`), so a
 model built with the same seed is the same function for every TP (and PP) layout, and the HF
 loader is tested by the same code path.
 
@@ -16,7 +16,6 @@ put mass on them.
 from __future__ import annotations
 
 import math
-import re
 import zlib
 
 import torch
@@ -26,16 +25,9 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer import TransformerConfig
 
-from common.arch import LlamaArch
+from common.arch import LlamaArch, layout_problem
 from common.attention import SDPAttention
-
-VOCAB_PAD_MULTIPLE = 128  # Megatron's default make_vocab_size_divisible_by
-
-
-def padded_vocab_size(vocab_size: int, tensor_parallel_size: int) -> int:
-    """Megatron's rule: round up to a multiple of 128 * TP."""
-    multiple = VOCAB_PAD_MULTIPLE * tensor_parallel_size
-    return -(-vocab_size // multiple) * multiple
+from common.weight_layout import full_shape, global_names, hf_full_tensor, padded_vocab_size, shard
 
 
 def llama3_inv_freq(arch: LlamaArch) -> torch.Tensor:
@@ -68,16 +60,9 @@ def _skip_init(tensor: torch.Tensor) -> None:
 def _transformer_config(arch: LlamaArch, dtype: torch.dtype) -> TransformerConfig:
     tp = parallel_state.get_tensor_model_parallel_world_size()
     pp = parallel_state.get_pipeline_model_parallel_world_size()
-    if arch.num_query_groups % tp != 0:
-        raise ValueError(
-            f"model: num_query_groups {arch.num_query_groups} is not divisible by tensor "
-            f"parallel size {tp}; use a TP size that divides the KV-head count"
-        )
-    if arch.num_layers % pp != 0:
-        raise ValueError(
-            f"model: num_layers {arch.num_layers} is not divisible by pipeline parallel size "
-            f"{pp}; use a PP size that divides the layer count"
-        )
+    problem = layout_problem(arch, tp, pp)
+    if problem:
+        raise ValueError(f"model: {problem[1]}; use a parallel layout that divides the model")
     return TransformerConfig(
         num_layers=arch.num_layers,
         hidden_size=arch.hidden_size,
@@ -150,93 +135,16 @@ def _gpt(arch: LlamaArch, dtype: torch.dtype, *, tie: bool) -> GPTModel:
     return model
 
 
-# ----------------------------------------------------------------------------------------------
-# Full-tensor <-> TP-shard mapping (the one place that knows Megatron's TP layout)
-
-
-def _is_vocab_param(name: str, scalar_head: bool) -> bool:
-    if name == "embedding.word_embeddings.weight":
-        return True
-    return name == "output_layer.weight" and not scalar_head
-
-
-def _shard(
-    name: str, full: torch.Tensor, padded_vocab: int, scalar_head: bool,
-    *, rank: int | None = None, tp: int | None = None,
-) -> torch.Tensor:
-    """This TP rank's shard of parameter `name`, given its full (TP=1, unpadded) tensor.
-
-    `rank`/`tp` default to this process's TP position; pass them to shard offline (converter).
-    """
-    if rank is None:
-        rank = parallel_state.get_tensor_model_parallel_rank()
-    if tp is None:
-        tp = parallel_state.get_tensor_model_parallel_world_size()
-    if _is_vocab_param(name, scalar_head):
-        # Vocab-parallel rows; padded rows are zeros.
-        full = F.pad(full, (0, 0, 0, padded_vocab - full.shape[0]))
-        return full.chunk(tp, dim=0)[rank]
-    if name.endswith("self_attention.linear_qkv.weight"):
-        # Rows are grouped per query group [q_g ; k_g ; v_g]; each rank holds whole groups.
-        return full.chunk(tp, dim=0)[rank]
-    if name.endswith("mlp.linear_fc1.weight"):
-        # Rows are [gate ; up]; each rank holds [gate shard ; up shard].
-        gate, up = full.chunk(2, dim=0)
-        return torch.cat([gate.chunk(tp, dim=0)[rank], up.chunk(tp, dim=0)[rank]], dim=0)
-    if name.endswith(("self_attention.linear_proj.weight", "mlp.linear_fc2.weight")):
-        return full.chunk(tp, dim=1)[rank]  # row-parallel: input columns are split
-    return full  # norms and the scalar reward head are replicated
-
-
-def merge_shards(
-    name: str, shards: list[torch.Tensor], vocab_size: int, scalar_head: bool
-) -> torch.Tensor:
-    """The full (TP=1, unpadded) tensor of parameter `name` from its TP shards (rank order);
-    the exact inverse of `_shard`."""
-    if _is_vocab_param(name, scalar_head):
-        return torch.cat(shards, dim=0)[:vocab_size]
-    if name.endswith("self_attention.linear_qkv.weight"):
-        return torch.cat(shards, dim=0)
-    if name.endswith("mlp.linear_fc1.weight"):
-        gates, ups = zip(*(shard.chunk(2, dim=0) for shard in shards))
-        return torch.cat([*gates, *ups], dim=0)
-    if name.endswith(("self_attention.linear_proj.weight", "mlp.linear_fc2.weight")):
-        return torch.cat(shards, dim=1)
-    return shards[0]
-
-
-def _full_shape(name: str, local: torch.Size, arch: LlamaArch, scalar_head: bool) -> tuple:
-    tp = parallel_state.get_tensor_model_parallel_world_size()
-    if _is_vocab_param(name, scalar_head):
-        return (arch.vocab_size, local[1])
-    if name.endswith(("self_attention.linear_qkv.weight", "mlp.linear_fc1.weight")):
-        return (local[0] * tp, local[1])
-    if name.endswith(("self_attention.linear_proj.weight", "mlp.linear_fc2.weight")):
-        return (local[0], local[1] * tp)
-    return tuple(local)
-
-
-def _global_names(gpt: GPTModel):
-    """(global name, local parameter) pairs; global names use the model-wide layer index, so a
-    pipeline stage's `decoder.layers.0` is named after the layer it really is."""
-    for name, param in gpt.named_parameters():
-        match = re.match(r"decoder\.layers\.(\d+)\.(.*)", name)
-        if match:
-            layer = gpt.decoder.layers[int(match.group(1))].layer_number - 1  # 1-based
-            name = f"decoder.layers.{layer}.{match.group(2)}"
-        yield name, param
-
-
 @torch.no_grad()
 def _init_weights(gpt: GPTModel, arch: LlamaArch, seed: int, scalar_head: bool) -> None:
     """Megatron's init (normal(0, std), output projections std/sqrt(2L), norms 1), drawn per
     parameter from a generator seeded by (seed, global name) on the full tensor, then sharded."""
     padded_vocab = gpt.vocab_size
-    for name, param in _global_names(gpt):
+    for name, param in global_names(gpt):
         seed_name = name
         if name == "output_layer.weight" and gpt.share_embeddings_and_output_weights:
             seed_name = "embedding.word_embeddings.weight"  # the last stage's tied copy
-        shape = _full_shape(name, param.shape, arch, scalar_head)
+        shape = full_shape(name, param.shape, arch, scalar_head)
         if name.endswith("layernorm.weight"):
             full = torch.ones(shape)
         else:
@@ -245,7 +153,7 @@ def _init_weights(gpt: GPTModel, arch: LlamaArch, seed: int, scalar_head: bool) 
                 std /= math.sqrt(2.0 * arch.num_layers)
             generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}:{seed_name}".encode()))
             full = torch.empty(shape).normal_(0.0, std, generator=generator)
-        param.copy_(_shard(name, full, padded_vocab, scalar_head))
+        param.copy_(shard(name, full, padded_vocab, scalar_head))
 
 
 def _mask_padded_vocab(gpt: GPTModel, vocab_size: int) -> None:
@@ -335,54 +243,6 @@ def build_reward_model(
     return model if device is None else model.to(device)
 
 
-# ----------------------------------------------------------------------------------------------
-# Hugging Face Llama weights
-
-
-def _hf_full_tensor(name: str, hf: dict, arch: LlamaArch, scalar_head: bool) -> torch.Tensor:
-    """The full (TP=1) Megatron tensor for global parameter `name` from a HF Llama state dict."""
-
-    def get(key: str) -> torch.Tensor:
-        if key not in hf:
-            raise ValueError(
-                f"HF Llama weights: missing {key!r} (needed for {name}); pass the state dict of "
-                "a LlamaForCausalLM (policy) or LlamaForSequenceClassification (reward model)"
-            )
-        return hf[key]
-
-    if name == "embedding.word_embeddings.weight":
-        return get("model.embed_tokens.weight")
-    if name == "output_layer.weight":
-        if scalar_head:
-            return get("score.weight")
-        if arch.tie_word_embeddings:
-            return get("model.embed_tokens.weight")
-        return get("lm_head.weight")
-    if name == "decoder.final_layernorm.weight":
-        return get("model.norm.weight")
-    match = re.match(r"decoder\.layers\.(\d+)\.(.*)", name)
-    if match is None:
-        raise ValueError(f"HF Llama weights: no mapping for Megatron parameter {name!r}")
-    prefix, rest = f"model.layers.{match.group(1)}.", match.group(2)
-    simple = {
-        "input_layernorm.weight": "input_layernorm.weight",
-        "pre_mlp_layernorm.weight": "post_attention_layernorm.weight",
-        "self_attention.linear_proj.weight": "self_attn.o_proj.weight",
-        "mlp.linear_fc2.weight": "mlp.down_proj.weight",
-    }
-    if rest in simple:
-        return get(prefix + simple[rest])
-    if rest == "mlp.linear_fc1.weight":
-        return torch.cat([get(prefix + "mlp.gate_proj.weight"), get(prefix + "mlp.up_proj.weight")])
-    if rest == "self_attention.linear_qkv.weight":
-        groups, hidden = arch.num_query_groups, arch.hidden_size
-        q = get(prefix + "self_attn.q_proj.weight").reshape(groups, -1, hidden)
-        k = get(prefix + "self_attn.k_proj.weight").reshape(groups, -1, hidden)
-        v = get(prefix + "self_attn.v_proj.weight").reshape(groups, -1, hidden)
-        return torch.cat([q, k, v], dim=1).reshape(-1, hidden)  # per group [q_g ; k_g ; v_g]
-    raise ValueError(f"HF Llama weights: no mapping for Megatron parameter {name!r}")
-
-
 @torch.no_grad()
 def load_hf_llama_state_dict(
     model: GPTModel | RewardModel, hf_state_dict: dict, arch: LlamaArch
@@ -391,12 +251,12 @@ def load_hf_llama_state_dict(
     RewardModel) into this rank's shards of `model` (any TP, any PP stage)."""
     scalar_head = isinstance(model, RewardModel)
     gpt = model.gpt if scalar_head else model
-    for name, param in _global_names(gpt):
-        full = _hf_full_tensor(name, hf_state_dict, arch, scalar_head)
-        expected = _full_shape(name, param.shape, arch, scalar_head)
+    for name, param in global_names(gpt):
+        full = hf_full_tensor(name, hf_state_dict, arch, scalar_head)
+        expected = full_shape(name, param.shape, arch, scalar_head)
         if tuple(full.shape) != expected:
             raise ValueError(
                 f"HF Llama weights: {name} has shape {tuple(full.shape)}, the model expects "
                 f"{expected}; the checkpoint's config.json does not match the model arch"
             )
-        param.copy_(_shard(name, full.to(param.dtype), gpt.vocab_size, scalar_head))
+        param.copy_(shard(name, full.to(param.dtype), gpt.vocab_size, scalar_head))

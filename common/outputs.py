@@ -1,4 +1,4 @@
-"""The run folder: ``config.yaml``, ``metrics.jsonl``, ``rollouts.jsonl``, ``loss.png``.
+"""The run folder: ``config.yaml``, ``metrics.jsonl`` (+ ``tensorboard/``), ``rollouts.jsonl``, ``loss.png``.
 
 Lines are flushed as the run goes, so a crashed or running job can be inspected and plotted.
 """
@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
+from common import jsonl
+from common.jsonl import read_all as read_jsonl  # noqa: F401  (run files are read with the one JSONL reader)
 
 REQUIRED_METRICS = (
     "step", "loss", "beta", "logps/chosen", "logps/rejected", "rewards/chosen", "rewards/rejected",
@@ -21,11 +26,30 @@ REQUIRED_METRICS = (
 )  # fmt: skip
 
 
+def check_out(out: str | None) -> None:
+    """``--out``: a new or empty folder this user can create; checked before anything is built."""
+    if out is None:
+        return
+    path = Path(out).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {out}: is a file, not a folder; pass a new folder path")
+    if path.is_dir() and any(path.iterdir()):
+        raise ValueError(f"--out {out}: folder exists and is not empty; pass a new folder")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"cannot create --out {out}: {parent} is a file, not a folder; pick a writable path")
+    try:  # the one reliable test (root ignores permission bits; /proc and read-only mounts do not)
+        os.rmdir(tempfile.mkdtemp(prefix=".odpo-probe-", dir=parent))
+    except OSError as e:
+        raise ValueError(f"cannot create --out {out}: {e.strerror} ({parent}); pick a writable path") from None
+
+
 def new_run_dir(recipe: str, out: str | None) -> Path:
+    check_out(out)
     if out is not None:
         path = Path(out)
-        if path.exists() and any(path.iterdir()):
-            raise ValueError(f"--out {path}: folder exists and is not empty; pass a new folder")
     else:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         path = Path("runs") / f"{recipe}-{stamp}"
@@ -33,7 +57,10 @@ def new_run_dir(recipe: str, out: str | None) -> Path:
         while path.exists():
             n += 1
             path = Path("runs") / f"{recipe}-{stamp}-{n}"
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create the run folder {path}: {e.strerror}; pick a writable path with --out") from None
     return path.resolve()
 
 
@@ -41,25 +68,45 @@ class RunWriter:
     def __init__(self, run_dir: Path, cfg: DictConfig):
         self.dir = run_dir
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-        self._metrics = open(run_dir / "metrics.jsonl", "a")
-        self._rollouts = open(run_dir / "rollouts.jsonl", "a")
+        self._metrics = jsonl.Appender(run_dir / "metrics.jsonl")
+        self._rollouts = jsonl.Appender(run_dir / "rollouts.jsonl")
+        from common.tensorboard_log import TensorBoardLog
+
+        self._tensorboard = TensorBoardLog(run_dir)  # the same rows as event files (common/tensorboard_log.py)
 
     def metrics(self, row: dict) -> None:
         missing = [k for k in REQUIRED_METRICS if k not in row]
         assert not missing, f"metrics row lacks {missing}"
-        self._metrics.write(json.dumps(row) + "\n")
-        self._metrics.flush()
+        self._metrics.write([row])
+        self._tensorboard.row(row)
 
     def json(self, name: str, obj: dict) -> None:
         (self.dir / name).write_text(json.dumps(obj, indent=1) + "\n")
 
     def rollouts(self, rows: list[dict]) -> None:
-        self._rollouts.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        self._rollouts.flush()
+        self._rollouts.write(rows)
+
+    def warning(self, step: int, text: str) -> None:
+        """``warnings.jsonl``: what the driver warned about (e.g. a collapsed policy), one row each."""
+        appender = jsonl.Appender(self.dir / "warnings.jsonl")
+        appender.write([{"step": step, "warning": text}])
+        appender.close()
+
+    def rewind(self, last_step: int) -> None:
+        """Drop the rows of iterations after ``last_step`` (a restart goes back to a checkpoint)."""
+        from common.checkpoint import LOGS, rows_end
+
+        self._metrics.close()
+        self._rollouts.close()
+        for name in LOGS:
+            os.truncate(self.dir / name, rows_end(self.dir / name, last_step))
+        self._metrics = jsonl.Appender(self.dir / "metrics.jsonl")
+        self._rollouts = jsonl.Appender(self.dir / "rollouts.jsonl")
 
     def close(self) -> None:
         self._metrics.close()
         self._rollouts.close()
+        self._tensorboard.close()
 
 
 class PhaseTimer:
@@ -73,11 +120,6 @@ class PhaseTimer:
         start = time.perf_counter()
         yield
         self.seconds[f"timing/{name}"] = time.perf_counter() - start
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def plot_loss(run_dir: Path, expected: dict | None = None) -> Path:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from common.config import resolve_path, role_section, roles_in_use
+from common.arch import layout_problem
+from common.config import PROJECT_ROOT, resolve_path, role_load, role_section, roles_in_use
 
 LOAD_KEYS = {
     "actor_rollout": "actor_rollout_ref.actor_rollout.load",
@@ -25,7 +26,26 @@ FILE_KEYS = (
     "actor_rollout_ref.actor_rollout.data_path",
     "actor_rollout_ref.actor_rollout.fixed_responses",
     *LOAD_KEYS.values(),
+    "reward.tokenizer_name_or_path",
 )
+
+
+HUB_KEYS = ("training.tokenizer_name_or_path", *LOAD_KEYS.values())
+
+
+LOCAL_FOLDERS = {"models", "weights", "data", "datasets", "ckpt", "checkpoints", "runs", "assets"}  # never Hub orgs here
+
+
+def hub_id(path: str) -> str | None:
+    """``org/name`` when a missing path looks like a Hugging Face Hub id: two parts, given relative
+    (``resolve_path`` put it under the project root) and the first part is no folder here."""
+    try:
+        parts = Path(path).relative_to(PROJECT_ROOT).parts
+    except ValueError:
+        return None
+    if len(parts) != 2 or parts[0] in LOCAL_FOLDERS or (PROJECT_ROOT / parts[0]).exists() or Path(parts[0]).exists():
+        return None
+    return "/".join(parts)
 
 
 def check_files(cfg: DictConfig, get_files: dict[str, str]) -> None:
@@ -38,12 +58,22 @@ def check_files(cfg: DictConfig, get_files: dict[str, str]) -> None:
     known = {resolve_path(path): how for path, how in get_files.items()}
     missing = []
     for key in FILE_KEYS:
-        if key == "reward.load" and cfg.reward.function is not None:
+        if key in ("reward.load", "reward.tokenizer_name_or_path") and "reward" not in roles_in_use(cfg):
             continue
         path = OmegaConf.select(cfg, key)
         if path is None or Path(path).exists():
             continue
         how = known.get(path)
+        hub = hub_id(path)
+        if how is None and hub is not None and key in HUB_KEYS:
+            local = f"models/{hub.split('/')[1]}"
+            files = " --include 'tokenizer*' 'special_tokens_map.json'" if key == "training.tokenizer_name_or_path" else ""
+            missing.append(
+                f"  {key}={hub}: looks like a Hugging Face Hub id; a local folder is required (Hub ids are not "
+                f"downloaded); download it first:\n    -> .venv/bin/hf download {hub}{files} --local-dir {local}\n"
+                f"       then set {key}={local}"
+            )
+            continue
         if how is None:
             how = CONVERT_HINT.format(path=path) if key in LOAD_KEYS.values() else "check the path"
         missing.append(f"  {key}={path}: not found\n    -> {how}")
@@ -57,9 +87,7 @@ def check_weights(cfg: DictConfig, tokenizer_size: int) -> None:
     for role in roles_in_use(cfg):
         if role == "rollout":  # the actor's generating ranks: the actor's weights, checked below
             continue
-        path = role_section(cfg, role).load
-        if role == "ref" and path is None:
-            path = cfg.actor_rollout_ref.actor_rollout.load
+        path = role_load(cfg, role)
         if path is None:
             arch = cfg.reward.model if role == "reward" else cfg.model
             _check_vocab(role, "model" if role != "reward" else "reward.model", arch.vocab_size, tokenizer_size)
@@ -74,11 +102,9 @@ def check_weights(cfg: DictConfig, tokenizer_size: int) -> None:
             raise ValueError(f"{key}={path}: is {kind}, but role {role} needs {'a reward model' if want_reward else 'a causal language model'}")
         sec = role_section(cfg, role)
         tp, pp = sec.tensor_model_parallel_size, sec.pipeline_model_parallel_size
-        if arch.num_query_groups % tp or arch.num_attention_heads % tp or arch.num_layers % pp:
-            raise ValueError(
-                f"{key}={path}: {arch.num_attention_heads} heads / {arch.num_query_groups} KV groups / "
-                f"{arch.num_layers} layers do not split over TP={tp}, PP={pp}; change the role's parallel sizes"
-            )
+        problem = layout_problem(arch, tp, pp)
+        if problem:
+            raise ValueError(f"{key}={path}: {problem[1]}; change the role's parallel sizes")
         _check_vocab(role, key, arch.vocab_size, tokenizer_size)
 
 

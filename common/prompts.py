@@ -16,64 +16,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-ROLES = ("system", "user", "assistant")
-
-
-def normalize_prompt(prompt, where: str) -> list[dict]:
-    """Return ``prompt`` as a checked list of ``{"role", "content"}`` messages.
-
-    A string becomes one user turn. A system message with empty content is dropped (datasets
-    often carry ``system: ""``, and an empty system turn would still cost header tokens). The last
-    message must be the user's: the model is asked to write the assistant's reply to it.
-    ``where`` (e.g. ``"prompts.jsonl row 3"``) prefixes every error.
-    """
-    if isinstance(prompt, str):
-        if not prompt.strip():
-            raise ValueError(f"{where}: the prompt is empty; remove the row or give it text")
-        return [{"role": "user", "content": prompt}]
-    if not isinstance(prompt, (list, tuple)):
-        raise ValueError(
-            f"{where}: the prompt is a {type(prompt).__name__}; "
-            "give a string or a list of {\"role\": ..., \"content\": ...} messages"
-        )
-    messages = []
-    for i, message in enumerate(prompt, start=1):
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            raise ValueError(
-                f"{where}: message {i} is {message!r}; "
-                "each message must be a {\"role\": ..., \"content\": ...} object"
-            )
-        role, content = message["role"], message["content"]
-        if role not in ROLES:
-            raise ValueError(f"{where}: message {i} has role {role!r}; use one of {', '.join(ROLES)}")
-        if not isinstance(content, str):
-            raise ValueError(
-                f"{where}: message {i} content is a {type(content).__name__}; content must be a string"
-            )
-        if role == "system" and content == "":
-            continue
-        if not content.strip():
-            raise ValueError(f"{where}: message {i} ({role}) has empty content; give it text or remove it")
-        messages.append({"role": role, "content": content})
-    if not messages:
-        raise ValueError(f"{where}: the prompt has no messages; give at least one user message")
-    if messages[-1]["role"] != "user":
-        raise ValueError(
-            f"{where}: the last message is from {messages[-1]['role']!r}; "
-            "a prompt must end with a user message (the model writes the assistant reply)"
-        )
-    return messages
-
-
-def prompt_text(prompt) -> str:
-    """The prompt as text for logs and for ``fixed_responses`` keys: the string itself, or the
-    content of the last user message of a messages list."""
-    if isinstance(prompt, str):
-        return prompt
-    user_turns = [m["content"] for m in prompt if m.get("role") == "user"]
-    if not user_turns:
-        raise ValueError(f"prompt {prompt!r}: no user message; a prompt must contain a user message")
-    return user_turns[-1]
+from common import jsonl
+from common.messages import normalize_prompt
+from common.prepared import read_prepared
+from common.tokenizer import render_prompt_ids
 
 
 # ----------------------------------------------------------------------------- reading files
@@ -145,32 +91,23 @@ def _read_json_prompt_column(path: str) -> list:
 
 def _json_objects(path: str):
     """Yield ``(row, object)`` with 1-based rows; blank lines are skipped but still counted."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    if path.endswith(".json") and text.lstrip().startswith("["):
+    with open(path, "rb") as f:
+        is_array = path.endswith(".json") and f.read(4096).lstrip().startswith(b"[")
+    if is_array:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
         try:
             array = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: invalid JSON ({e}); fix the file or write it as JSON lines") from e
         entries = enumerate(array, start=1)
     else:
-        entries = _json_lines(path, text)
+        entries = jsonl.read(path)
     for row, obj in entries:
         if not isinstance(obj, dict):
             raise ValueError(f"{path} row {row}: expected a JSON object, got {type(obj).__name__}; "
                              "write one {\"prompt\": ...} object per row")
         yield row, obj
-
-
-def _json_lines(path: str, text: str):
-    for row, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield row, json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} row {row}: invalid JSON ({e.msg} at column {e.colno}); "
-                             "each line must be one complete JSON object") from e
 
 
 def load_fixed_responses(path: str) -> dict[str, list[str]]:
@@ -180,9 +117,7 @@ def load_fixed_responses(path: str) -> dict[str, list[str]]:
     _check_file(path, "fixed responses file")
     fixed: dict[str, list[str]] = {}
     first_row: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    for row, obj in _json_lines(path, text):
+    for row, obj in jsonl.read(path):
         where = f"{path} row {row}"
         if not isinstance(obj, dict) or "prompt" not in obj or "responses" not in obj:
             raise ValueError(f"{where}: expected {{\"prompt\": <str>, \"responses\": [<str>, ...]}}, got {obj!r}")
@@ -300,12 +235,9 @@ def load_prompt_dataset(path: str, tok, max_prompt_length: int) -> tuple[list[li
     includes the rows its preparation dropped.
     """
     if os.path.isdir(path):
-        from data.dataset import read_prepared  # the prepared format lives with its writer, in data/
-
         ids, raw, manifest = read_prepared(path, tok)
         ids, raw, dropped = filter_long_prompts(ids, raw, max_prompt_length)
         return ids, raw, dropped + manifest["counts"]["dropped_too_long"]
-    from common.tokenizer import render_prompt_ids  # common.tokenizer imports this module
 
     raw = read_prompts(path)
     return filter_long_prompts([render_prompt_ids(tok, p) for p in raw], raw, max_prompt_length)

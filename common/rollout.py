@@ -12,9 +12,12 @@ from dataclasses import dataclass
 import torch
 
 from common.dpo import dpo_metrics
+from common.health import check_finite
 from common.pairs import Pairs, apply_missing_eos_penalty
-from common.prompts import PromptBatch, prompt_text
-from common.rewards import RewardFn, call_reward_function
+from common.messages import prompt_text
+from common.prompts import PromptBatch
+from common.reward_terms import Rewards
+from common.sampling import sample_key
 from common.sequences import Sequence, has_eos, split
 from common.worker_group import WorkerGroup
 
@@ -25,6 +28,7 @@ class Rollout:
     seqs_PN: list[list[Sequence]]  # [P][N] prompt ids + response ids
     texts_PN: list[list[str]]  # [P][N] decoded responses (special tokens skipped)
     has_eos_PN: torch.Tensor  # [P, N] bool: the response ended with a stop token
+    raw_prompts: list  # [P] as given (str or messages): a reward model with its own template re-renders them
 
     @classmethod
     def of(cls, batch: PromptBatch, responses_PN: list[list[list[int]]], tok, eos_ids: list[int]) -> "Rollout":
@@ -34,6 +38,7 @@ class Rollout:
             seqs_PN=[[Sequence(ids, r) for r in row] for ids, row in zip(batch.ids, responses_PN)],
             texts_PN=[[tok.decode(r, skip_special_tokens=True) for r in row] for row in responses_PN],
             has_eos_PN=torch.tensor([[has_eos(r, stops) for r in row] for row in responses_PN]),
+            raw_prompts=list(batch.prompts),
         )
 
     def pairs(self, pairs: Pairs) -> tuple[list[Sequence], list[Sequence]]:
@@ -57,18 +62,29 @@ class Rollout:
         ]
 
 
+def sampling_requests(batch: PromptBatch, n: int, seed: int, step: int) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, n sampling keys) per prompt for the generating workers. A sample's key is a
+    function of (seed, iteration, prompt position in the batch, sample index) only, so its
+    response does not depend on the data-parallel split, and a resumed run samples the same."""
+    return [(ids, [sample_key(seed, step, i, j) for j in range(n)]) for i, ids in enumerate(batch.ids)]
+
+
 def sync_weights(actor: WorkerGroup, rollout: WorkerGroup) -> None:
     """Dedicated generating ranks take the training ranks' current weights (re-sharded if TP differs)."""
     rollout.call_all("load_weights", [e for e in actor.call_all("export_shards") if e is not None])
 
 
-def score(rollout: Rollout, reward_fn: RewardFn | None, reward: WorkerGroup | None, eos_ids: list[int], missing_eos_penalty: float | None) -> torch.Tensor:
-    """[P, N] scores: the reward function's or the reward model's, minus the missing-EOS penalty."""
+def score(rollout: Rollout, rewards: Rewards, reward: WorkerGroup | None, eos_ids: list[int], missing_eos_penalty: float | None) -> torch.Tensor:
+    """[P, N] scores: the run's reward terms (model and/or functions, weighted; common/reward_terms.py),
+    minus the missing-EOS penalty."""
     P, N = rollout.has_eos_PN.shape
-    if reward_fn is not None:
-        flat = call_reward_function(reward_fn, [p for p in rollout.prompts for _ in range(N)], [t for row in rollout.texts_PN for t in row])
-    else:
-        flat = reward.run_sharded("scores", [s for row in rollout.seqs_PN for s in row], eos_ids)
+    flat = rewards.score(
+        [p for p in rollout.raw_prompts for _ in range(N)],
+        [t for row in rollout.texts_PN for t in row],
+        [s for row in rollout.seqs_PN for s in row],
+        eos_ids,
+        model=None if reward is None else (lambda seqs, stops: reward.run_sharded("scores", seqs, stops)),
+    )
     return apply_missing_eos_penalty(torch.tensor(flat).view(P, N), rollout.has_eos_PN, missing_eos_penalty)
 
 
@@ -97,6 +113,8 @@ def train_on_pairs(
     per_dp = actor.run_per_dp("train", split(items, actor.dp_size), mini_batch_per_rank)
     local = len(items) // actor.dp_size  # with ppo_epochs > 1 a rank returns every epoch's values: keep the first
     grad_norms = per_dp[0]["grad_norm"]
+    # NaN/inf stops the run here, before the iteration's checkpoint (common/health.py)
+    check_finite([x for o in per_dp for x in o["policy_chosen"] + o["policy_rejected"]], grad_norms)
     return TrainResult(
         policy_chosen=[x for o in per_dp for x in o["policy_chosen"][:local]],
         policy_rejected=[x for o in per_dp for x in o["policy_rejected"][:local]],
@@ -123,8 +141,14 @@ def metrics_row(
         beta=beta,
         loss_type=loss_type,
     )
-    tokens = {  # for throughput figures (bench/vs_trl.py): tokens sampled, and prompt tokens, this iteration
+    # per response token, comparable with its ceiling ln(vocab) (a uniform policy; common/health.py)
+    tokens = sum(len(s.response_ids) for row, c, r in zip(rollout.seqs_PN, pairs.chosen_P, pairs.rejected_P) for s in (row[int(c)], row[int(r)]))
+    entropy_per_token = -(sum(trained.policy_chosen) + sum(trained.policy_rejected)) / max(tokens, 1)
+    counts = {  # for throughput figures (bench/vs_trl.py): tokens sampled, and prompt tokens, this iteration
         "rollout/response_tokens": sum(len(s.response_ids) for row in rollout.seqs_PN for s in row),
         "rollout/prompt_tokens": sum(len(s.prompt_ids) for row in rollout.seqs_PN for s in row),
     }
-    return {"step": step, **metrics, "grad_norm": trained.grad_norm, "learning_rate": trained.learning_rate, **tokens}
+    return {
+        "step": step, **metrics, "objective/entropy_per_token": entropy_per_token,
+        "grad_norm": trained.grad_norm, "learning_rate": trained.learning_rate, **counts,
+    }  # fmt: skip

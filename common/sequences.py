@@ -88,3 +88,30 @@ def split(items: list, parts: int) -> list[list]:
 
 def chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+# Loss functions of the forward-only roles for ``common.schedule.run_microbatches`` (the loss is a
+# zero placeholder; the values come back in the dict).
+
+
+def collect_response_logps(batch: PaddedBatch, logps_BT1: torch.Tensor):
+    """Reference: summed response log-probs per sequence."""
+    return logps_BT1.new_zeros(()), {"logps": summed_response_logps(logps_BT1, batch)}
+
+
+def collect_scores(batch: PaddedBatch, scores_BT: torch.Tensor):
+    """Reward model: the score at each sequence's position ``batch.aux["pos"]``."""
+    picked_B = scores_BT.gather(1, batch.aux["pos"][:, None]).squeeze(1).float()
+    return scores_BT.new_zeros(()), {"scores": picked_B}
+
+
+def micro_batches(seqs: list[Sequence], size: int, device: torch.device, aux: dict[str, list] | None = None) -> list[PaddedBatch]:
+    """Consecutive ``size``-sequence padded batches on ``device``; ``aux[key]`` holds one value per
+    sequence (e.g. reference log-probs) and is cut like ``seqs``."""
+    out = []
+    for start in range(0, len(seqs), size):
+        batch = pad_batch(seqs[start : start + size])
+        for key, values in (aux or {}).items():
+            batch.aux[key] = torch.tensor(values[start : start + size])
+        out.append(batch.to(device))
+    return out

@@ -5,19 +5,31 @@
    ``--resume`` the stopped run's resolved config);
 2. the cheap checks, before Ray starts: every file the run reads exists (else the recipe's own
    download/convert commands), the dtype suits the device, tokenizer, weights vs layouts, prompts;
-3. the run folder (``config.yaml``, ``command.json``);
-4. Ray, the placement plan (printed; a shortfall fails naming the role), one worker group per role
-   on its planned nodes (``placement.json``), and the restore of a checkpoint on ``--resume``.
+3. Ray (with ``--nodes N``: only the cluster of ``RAY_ADDRESS`` or ``ray start``, checked before
+   anything is written) and the placement plan (printed; a shortfall fails naming the role);
+4. the run folder (``config.yaml``, ``command.json``);
+5. one worker group per role on its planned nodes (``placement.json``), and the restore of a
+   checkpoint on ``--resume``.
 
 The ``Session`` it returns writes each iteration's rows, saves checkpoints and plots at the end;
-workers only return values, the driver (this) prints and writes.
+workers only return values, the driver (this) prints and writes. It also decides how a run ends
+early, always with ``loss.png`` drawn and one message that says what to do next:
+- SIGTERM / SIGINT: ``steps`` ends at the next iteration boundary, saves a checkpoint when saving
+  is on, and ``finish`` returns 143 / 130 (common/stop_signals.py);
+- a lost worker (killed, out of memory, node gone) or an error in a worker: ``iteration`` names the
+  role, rank, node, iteration and likely cause, the last checkpoint and the ``--resume`` command
+  (common/failures.py); with ``training.max_restarts=N`` it restarts every role from the last
+  checkpoint instead, and ``steps`` goes back to the iteration after it;
+- NaN/inf in the update: stopped before that iteration's checkpoint (common/health.py).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -29,12 +41,17 @@ from common.cluster import build_roles, plan_roles, start_ray
 from common.config import load_config, max_new_tokens
 from common.device import resolve_device
 from common.expected_curve import load_expected
+from common.failures import WORKER_ERRORS, WorkerFailure, describe_failure
+from common.final import save_final
 from common.fixed_responses import fixed_response_ids
-from common.outputs import RunWriter, new_run_dir, plot_loss
+from common.health import CollapseWatch, NonFiniteError
+from common.outputs import RunWriter, check_out, new_run_dir, plot_loss
 from common.placement import describe, placement_record
 from common.preflight import check_files, check_weights
 from common.prompts import PromptStream, load_prompt_dataset
-from common.rewards import load_reward_function
+from common.quiet import filter_library_warnings
+from common.reward_terms import Rewards, build_rewards
+from common.stop_signals import StopSignals
 from common.tokenizer import load_tokenizer, stop_token_ids
 from common.worker_group import WorkerGroup
 
@@ -48,21 +65,106 @@ class Session:
     stream: PromptStream
     new_tokens: int  # response budget: seq_length - max_prompt_length
     fixed: dict[int, list[list[int]]] | None  # prompt index -> stored responses (accuracy-comparison mode)
-    reward_fn: Callable | None
+    rewards: Rewards  # the reward terms: model and/or functions, weighted (common/reward_terms.py)
     roles: dict[str, WorkerGroup]  # actor_rollout, [rollout], ref, [reward]
     run_dir: Path
     first_step: int
+    stop: StopSignals
     _writer: RunWriter
     _expected: dict | None
+    _start: dict  # driver state at the first step: where a restart without a checkpoint goes back to
+    _restarts_left: int = 0
+    _collapse: CollapseWatch | None = None
+    _last_done: int | None = None  # last iteration finished in this process (since the last restart)
+    _restart_at: int | None = None
+    _warned: list[str] = field(default_factory=list)
+    export_hf: str | None = None  # --export-hf DIR: a Hugging Face folder of the final actor
 
     def steps(self) -> Iterator[int]:
-        """Iteration numbers still to run (1-based), with a progress bar the loop annotates."""
+        """Iteration numbers still to run (1-based), with a progress bar the loop annotates.
+
+        Ends early after SIGTERM/SIGINT, saving the last finished iteration when saving is on; after
+        a restart (``iteration``) it continues from the iteration after the restored checkpoint.
+        """
         t = self.cfg.training
-        self.bar = tqdm(
-            range(self.first_step, t.train_iters + 1), desc=self.recipe, unit="it", dynamic_ncols=True,
-            initial=self.first_step - 1, total=t.train_iters,
+        self.bar = tqdm(total=t.train_iters, initial=self.first_step - 1, desc=self.recipe, unit="it", dynamic_ncols=True)
+        step = self.first_step
+        while step <= t.train_iters:
+            if self.stop.requested:
+                if t.save_interval and self._last_done is not None and not self.save_due(self._last_done):
+                    self.save(self._last_done)
+                break
+            self._restart_at = None
+            yield step
+            if self._restart_at is not None:
+                step = self._restart_at
+                self.bar.n = step - 1
+                self.bar.refresh()
+            else:
+                step += 1
+                self.bar.update(1)
+        self.bar.close()
+
+    @contextmanager
+    def iteration(self, step: int) -> Iterator[None]:
+        """The body of one iteration. A worker failure or NaN/inf ends it here: the run stops with
+        one message (last checkpoint, ``--resume`` command) or, for a lost worker while
+        ``training.max_restarts`` allows, every role restarts from the last checkpoint."""
+        try:
+            yield
+        except WORKER_ERRORS as e:
+            failure = describe_failure(e, self.roles)
+            (self.run_dir / "failure.txt").write_text(f"iteration {step}: {failure.where()}\n\n{failure.details}\n")
+            if failure.lost and self._restarts_left > 0:
+                self._restart(step, failure)
+                return
+            verb = "was lost" if failure.lost else "failed"
+            hint = "" if failure.lost else " (a bug or a bad input: see failure.txt for the worker's traceback)"
+            self._fail(step, f"{failure.where()} {verb}: {failure.cause}{hint}")
+        except NonFiniteError as e:
+            self._fail(
+                step, f"the update is not finite: {e}. Nothing from this iteration was saved",
+                fix="actor_rollout_ref.actor_rollout.lr=<lower>",
+            )  # fmt: skip
+        self._last_done = step
+
+    def _fail(self, step: int, what: str, fix: str = "") -> None:
+        """Draw what there is, then stop with one message: what, where, and how to continue."""
+        self.bar.close()
+        self._writer.close()
+        plot_loss(self.run_dir, self._expected)
+        ckpt = checkpoint.latest(self.run_dir)
+        lines = [f"error: iteration {step}: {what}."]
+        if ckpt is None:
+            lines.append("  no checkpoint was written (training.save_interval=0): rerun from the start, with training.save_interval=N to be able to resume")
+        else:
+            lines.append(f"  last checkpoint: {ckpt} (iteration {checkpoint.read_driver_state(ckpt)['step']}), intact")
+            lines.append(f"  continue with: ./run.sh {self.recipe} --resume {self.run_dir}" + (f" {fix}" if fix else ""))
+        lines.append(f"  outputs so far: {self.run_dir}/ (metrics.jsonl, loss.png{', failure.txt' if (self.run_dir / 'failure.txt').is_file() else ''})")
+        raise SystemExit("\n".join(lines))
+
+    def _restart(self, step: int, failure: WorkerFailure) -> None:
+        """Every role gets fresh workers (a world that lost a rank cannot go on), the actor the last
+        checkpoint, the prompt stream its position; rows after the checkpoint are dropped."""
+        self._restarts_left -= 1
+        ckpt = checkpoint.latest(self.run_dir)
+        state = checkpoint.read_driver_state(ckpt) if ckpt else self._start
+        tqdm.write(
+            f"iteration {step}: {failure.where()} was lost: {failure.cause}. Restarting every role from "
+            f"{ckpt.name if ckpt else 'the start'} ({self._restarts_left} restart(s) left, training.max_restarts)",
+            file=sys.stderr,
         )  # fmt: skip
-        return iter(self.bar)
+        for group in self.roles.values():
+            group.restart()
+        for group in self.roles.values():
+            group.ready()
+        if ckpt:
+            self.roles["actor_rollout"].call_all("restore", str(ckpt))
+        self.stream.load_state_dict(state["stream"])
+        self._writer.rewind(state["step"])
+        if self._collapse:
+            self._collapse.streak = 0
+        self._restart_at, self._last_done = state["step"] + 1, None
 
     def save_due(self, step: int) -> bool:
         interval = self.cfg.training.save_interval
@@ -78,12 +180,33 @@ class Session:
         self._writer.metrics(row)
         self._writer.rollouts(rollouts)
         self.bar.set_postfix(loss=f"{row['loss']:.4f}", score=f"{row['objective/scores']:.3f}", s_it=f"{row['timing/step']:.2f}")
+        warning = self._collapse.update(row["step"], row["grad_norm"], row["objective/entropy_per_token"]) if self._collapse else None
+        if warning:
+            tqdm.write(f"warning: {warning}", file=sys.stderr)
+            self._writer.warning(row["step"], warning)
+            self._warned.append(warning)
 
     def finish(self) -> int:
+        """Plot, say where everything is; the exit status (0, or 143 / 130 after SIGTERM / SIGINT)."""
         self._writer.close()
         png = plot_loss(self.run_dir, self._expected)
-        print(f"done: {self.cfg.training.train_iters} iterations. outputs in {self.run_dir}/ (metrics.jsonl, rollouts.jsonl, config.yaml, {png.name})")
-        return 0
+        outputs = f"outputs in {self.run_dir}/ (metrics.jsonl, rollouts.jsonl, config.yaml, {png.name}{', warnings.jsonl' if self._warned else ''})"
+        if self._warned:
+            print(f"{len(self._warned)} warning(s) during the run, see warnings.jsonl; the last: {self._warned[-1]}", file=sys.stderr)
+        if not self.stop.requested:
+            final = save_final(self.roles["actor_rollout"], self.run_dir, self.export_hf, self.cfg.training.tokenizer_name_or_path)
+            print(f"done: {self.cfg.training.train_iters} iterations. {outputs}; the trained actor: {final}")
+            return 0
+        ckpt = checkpoint.latest(self.run_dir)
+        last = self._last_done if self._last_done is not None else self.first_step - 1
+        msg = [f"stopped by {self.stop.name} after iteration {last} of {self.cfg.training.train_iters}. {outputs}"]
+        if last < self.cfg.training.train_iters:
+            if ckpt is not None:
+                msg.append(f"  checkpoint: {ckpt}; continue with: ./run.sh {self.recipe} --resume {self.run_dir}")
+            else:
+                msg.append("  no checkpoint (training.save_interval=0): a new run starts from the beginning")
+        print("\n".join(msg), file=sys.stderr)
+        return self.stop.exit_code
 
 
 def overlay_file(recipe_dir: Path, overlay: str) -> Path:
@@ -102,14 +225,17 @@ def open_session(recipe_dir: Path, argv: list[str] | None, get_files: dict[str, 
     the project root -> the commands that download or convert it), shown when one is missing.
     """
     recipe_dir = Path(recipe_dir)
+    filter_library_warnings()
+    stop = StopSignals()
+    stop.install()  # a signal during set-up stops before the first iteration
     args = parse_args(recipe_dir.name, argv)
     try:
-        return _open(recipe_dir, args, get_files or {})
+        return _open(recipe_dir, args, get_files or {}, stop)
     except ValueError as e:  # set-up errors name the problem and the fix: no traceback needed
         raise SystemExit(f"error: {e}") from None
 
 
-def _open(recipe_dir: Path, args: Args, get_files: dict[str, str]) -> Session:
+def _open(recipe_dir: Path, args: Args, get_files: dict[str, str], stop: StopSignals) -> Session:
     resume = checkpoint.resume_point(args.resume)  # None, or (run folder, checkpoint, driver state)
     if resume:  # the stopped run's resolved config (overlay included); its overlay names the curve to plot
         command = resume.run_dir / "command.json"
@@ -121,6 +247,8 @@ def _open(recipe_dir: Path, args: Args, get_files: dict[str, str]) -> Session:
     t, actor_cfg = cfg.training, cfg.actor_rollout_ref.actor_rollout
 
     # --- everything that can fail cheaply, before Ray starts -----------------------------------
+    if not resume:
+        check_out(args.out)
     check_files(cfg, get_files)
     device = resolve_device(t.device)
     device.compute_dtype(t.dtype)  # e.g. bf16 on a machine that resolved to CPU: fails here, not in a worker
@@ -134,20 +262,22 @@ def _open(recipe_dir: Path, args: Args, get_files: dict[str, str]) -> Session:
         first_step = resume.state["step"] + 1
     n, new_tokens = actor_cfg.n_samples_per_prompt, max_new_tokens(cfg)
     fixed = fixed_response_ids(actor_cfg.fixed_responses, tok, raw_prompts, n, new_tokens) if actor_cfg.fixed_responses else None
-    reward_fn = load_reward_function(cfg.reward.function) if cfg.reward.function else None
+    rewards = build_rewards(cfg.reward, tok)  # imports reward functions, loads a reward tokenizer: fails before Ray
+
+    # --- Ray: with --nodes N the cluster must exist before the run folder does -----------------
+    start_ray(args.nodes, device.worker_env())
+    stop.install()  # replaces the SIGTERM handler ray.init installed (it aborts: exit 134)
+    plan, nodes = plan_roles(cfg, device, args.nodes)
 
     run_dir = resume.run_dir if resume else new_run_dir(recipe_dir.name, args.out)
-    if resume:  # rows of iterations after the checkpoint came from the run that stopped
-        checkpoint.truncate_jsonl(run_dir / "metrics.jsonl", first_step - 1)
-        checkpoint.truncate_jsonl(run_dir / "rollouts.jsonl", first_step - 1)
+    if resume:  # rows of iterations after the checkpoint came from the run that stopped (all checked above)
+        resume.truncate_logs()
     writer = RunWriter(run_dir, cfg)
     if not resume:
         writer.json("command.json", {"recipe": recipe_dir.name, "overlay": overlay, "nodes": args.nodes, "overrides": args.overrides})
     print(f"run folder: {run_dir}  ({len(prompt_ids)} prompts, {dropped} dropped as too long)", flush=True)
 
     # --- roles on Ray ---------------------------------------------------------------------------
-    start_ray(args.nodes)
-    plan, nodes = plan_roles(cfg, device, args.nodes)
     print("placement:\n" + describe(plan, nodes), flush=True)
     roles = build_roles(cfg, device, plan)
     writer.json("placement.json", placement_record(plan, {role: g.node_ids() for role, g in roles.items()}, nodes))
@@ -156,6 +286,8 @@ def _open(recipe_dir: Path, args: Args, get_files: dict[str, str]) -> Session:
         print(f"resumed from {resume.checkpoint} at iteration {first_step}", flush=True)
     return Session(
         recipe=recipe_dir.name, cfg=cfg, tok=tok, eos_ids=stop_token_ids(tok), stream=stream, new_tokens=new_tokens,
-        fixed=fixed, reward_fn=reward_fn, roles=roles, run_dir=run_dir, first_step=first_step,
-        _writer=writer, _expected=load_expected(recipe_dir, overlay),
+        fixed=fixed, rewards=rewards, roles=roles, run_dir=run_dir, first_step=first_step, stop=stop,
+        _writer=writer, _expected=load_expected(recipe_dir, overlay), export_hf=args.export_hf,
+        _start={"step": first_step - 1, "stream": stream.state_dict()}, _restarts_left=t.max_restarts,
+        _collapse=CollapseWatch(roles["actor_rollout"].layouts[0]["vocab_size"]),
     )  # fmt: skip

@@ -8,7 +8,7 @@ written here, the single source the tool copies into ``tokenizer_config.json``.
 import os
 from typing import TYPE_CHECKING
 
-from common.prompts import normalize_prompt
+from common.messages import normalize_prompt
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -68,8 +68,11 @@ def stop_token_ids(tok) -> list[int]:
 def render_prompt_ids(tok, prompt) -> list[int]:
     """Render a prompt (string or messages) with the chat template, ready for the assistant reply.
 
-    The template writes <|begin_of_text|> itself, so the text is encoded without special tokens
-    added; encoding it the default way would start it with two BOS tokens.
+    The template writes its special tokens itself (Llama 3: <|begin_of_text|>), so the text is
+    encoded without special tokens added, as ``apply_chat_template(tokenize=True)`` does; encoding
+    it the default way would start it with two BOS tokens. A BOS is prepended only for a tokenizer
+    that adds one to plain text and a template that did not write it. (SmolLM2's BOS is
+    <|im_start|>, which its ChatML template writes at every turn.)
     """
     messages = normalize_prompt(prompt, "prompt")
     specials = _special_token_strings(tok)
@@ -84,10 +87,19 @@ def render_prompt_ids(tok, prompt) -> list[int]:
     ids = tok(text, add_special_tokens=False)["input_ids"]
     bos = tok.bos_token_id
     if bos is not None:
-        if not ids or ids[0] != bos:
+        if (not ids or ids[0] != bos) and _adds_bos(tok):
             ids = [bos] + ids
-        assert ids.count(bos) == 1, f"BOS appears {ids.count(bos)} times in a rendered prompt"
+        assert not (len(ids) > 1 and ids[0] == ids[1] == bos), "BOS doubled at the start of a rendered prompt"
     return ids
+
+
+def _adds_bos(tok) -> bool:
+    """Whether the tokenizer starts plain text with BOS (then the model expects one)."""
+    cached = getattr(tok, "_dpo_adds_bos", None)
+    if cached is None:
+        cached = tok("a")["input_ids"][:1] == [tok.bos_token_id]
+        tok._dpo_adds_bos = cached
+    return cached
 
 
 def _special_token_strings(tok) -> list[str]:

@@ -29,14 +29,22 @@ class WorkerGroup:
             name=f"odpo-{role}",
         )
         ray.get(self.pg.ready(), timeout=120)
-        remote_cls = ray.remote(worker_cls)
+        self._spawn = (ray.remote(worker_cls), cfg, device_resource, cpus_per_rank, num_threads)
+        self.restarts = 0
+        self._start()
+
+    def _start(self) -> None:
+        """One worker per bundle; the world forms and the models build in the background (``ready``)."""
+        remote_cls, cfg, device_resource, cpus_per_rank, num_threads = self._spawn
+        ranks = self.pg.bundle_count
+        suffix = f".r{self.restarts}" if self.restarts else ""  # a killed actor's name may not be free yet
         self.workers = [
             remote_cls.options(
                 num_cpus=cpus_per_rank,
                 resources={device_resource: 1} if device_resource else None,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
-                name=f"{role}-{i}",
-            ).remote(role, cfg, i, ranks, num_threads)
+                name=f"{self.role}-{i}{suffix}",
+            ).remote(self.role, cfg, i, ranks, num_threads)
             for i in range(ranks)
         ]
         addr, port = ray.get(self.workers[0].master_address.remote())
@@ -48,6 +56,19 @@ class WorkerGroup:
         self.layouts = ray.get(self._pending)
         self.dp_size = self.layouts[0]["dp_size"]
         return self
+
+    def restart(self) -> None:
+        """Replace every rank with a fresh worker on the same bundle (the others of a world that lost
+        a rank may wait in a collective forever); call ``ready`` afterwards."""
+        for w in self.workers:
+            ray.kill(w, no_restart=True)
+        self.restarts += 1
+        self._start()
+
+    def rank_of(self, actor_id: str | None) -> int | None:
+        """Rank of the worker with Ray actor id ``actor_id`` (hex), if it is one of this group's."""
+        ids = [w._actor_id.hex() for w in self.workers]
+        return ids.index(actor_id) if actor_id in ids else None
 
     def call_all(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
         return ray.get([getattr(w, method).remote(*args, **kwargs) for w in self.workers])

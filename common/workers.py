@@ -17,20 +17,22 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from common.config import role_parallel_sizes, role_section
-from common.device import resolve_device
-from common.dpo import dpo_losses
-from common.schedule import run_microbatches
-from common.sequences import PaddedBatch, Sequence, chunks, pad_batch, score_positions, summed_response_logps
+from common.quiet import filter_library_warnings
+
+filter_library_warnings()  # before Megatron is imported (below): its import-time warnings say nothing here
+
+from common.config import role_parallel_sizes, role_section  # noqa: E402
+from common.device import apply_megatron_fusions, resolve_device  # noqa: E402
+from common.dpo import microbatch_dpo_loss, pair_sequences  # noqa: E402
+from common.optimizer import AdamSettings, build_actor_optimizer, train_step  # noqa: E402
+from common.schedule import run_microbatches  # noqa: E402
+from common.sequences import PaddedBatch, Sequence, chunks, collect_response_logps, collect_scores, micro_batches, score_positions  # noqa: E402
 
 
 class RoleWorker:
     """Shared set-up: device, threads, distributed world, Megatron parallel state."""
 
     def __init__(self, role: str, cfg: dict, rank: int, world_size: int, num_threads: int):
-        # Megatron warns at import about optional CUDA kernels (Apex, Transformer Engine) it falls
-        # back from; those fallbacks are expected here and would drown the driver's output.
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
         self.role, self.rank, self.world_size = role, rank, world_size
         self.cfg = OmegaConf.create(cfg)
@@ -79,6 +81,7 @@ class RoleWorker:
             "is_output": ps.get_tensor_model_parallel_rank() == 0 and ps.is_pipeline_last_stage(),
             "node_id": ray.get_runtime_context().get_node_id(),
             "node_ip": ray.util.get_node_ip_address(),
+            "vocab_size": self.arch.vocab_size,  # a uniform policy's entropy is ln(vocab_size)
         }
 
     def build(self) -> None:
@@ -98,48 +101,44 @@ class RoleWorker:
         device = None if self.device.kind == "cpu" else self.device.torch_device()
         if load is None:
             self.arch = self._arch(self.cfg.reward.model if reward else self.cfg.model)
-            return builder(self.arch, dtype=self.dtype, seed=seed, device=device)
-        from common.convert import arch_from_path, load_into_model
+            model = builder(self.arch, dtype=self.dtype, seed=seed, device=device)
+        else:
+            from common.convert import arch_from_path, load_into_model
 
-        arch, _ = arch_from_path(load)  # the kind was checked by the driver before Ray started
-        model = builder(arch, dtype=self.dtype, seed=seed, device=device)
-        load_into_model(model, load, arch)
-        self.arch = arch
+            arch, _ = arch_from_path(load)  # the kind was checked by the driver before Ray started
+            model = builder(arch, dtype=self.dtype, seed=seed, device=device)
+            load_into_model(model, load, arch)
+            self.arch = arch
+        apply_megatron_fusions(model, self.device.megatron_fusions(self.dtype))  # none on CPU
         return model
 
     @torch.no_grad()
-    def _generate(self, model, prompts: list[list[int]], n: int, max_new_tokens: int, step: int, eos_ids: list[int]) -> list[list[list[int]]]:
-        """Sample ``n`` responses per prompt -> ``responses[prompt][sample]`` token ids."""
-        from megatron.core import parallel_state as ps
+    def _generate(self, model, requests: list[tuple[list[int], list[int]]], max_new_tokens: int, eos_ids: list[int]) -> list[list[list[int]]]:
+        """``requests``: (prompt ids, one sampling key per sample) per prompt -> ``responses[prompt][sample]``.
 
+        The keys come from the driver (common/rollout.py ``sampling_requests``), so what a prompt's
+        samples are does not depend on which data-parallel rank generates them."""
         from common.generation import generate
 
         a = self.cfg.actor_rollout_ref.actor_rollout
-        rows = [p for p in prompts for _ in range(n)]  # row i*n + j = prompt i, sample j
-        # seeded by (seed, step, data-parallel rank): identical on the TP ranks of a slice
-        seed = (self.cfg.training.seed * 1_000_003 + step) * 1_009 + ps.get_data_parallel_rank()
-        out = generate(
-            model,
-            rows,
-            max_new_tokens=max_new_tokens,
-            temperature=a.temperature,
-            top_k=a.top_k,
-            top_p=a.top_p,
-            eos_token_ids=eos_ids,
-            generator=torch.Generator().manual_seed(seed),
+        rows = [(ids, key) for ids, keys in requests for key in keys]  # prompt-major: prompt i, sample j
+        out = iter(
+            generate(
+                model,
+                [ids for ids, _ in rows],
+                max_new_tokens=max_new_tokens,
+                temperature=a.temperature,
+                top_k=a.top_k,
+                top_p=a.top_p,
+                eos_token_ids=eos_ids,
+                sample_keys=[key for _, key in rows],
+            )
         )
-        return [[out[i * n + j] for j in range(n)] for i in range(len(prompts))]
+        return [[next(out) for _ in keys] for _, keys in requests]
 
     def _micro_batches(self, seqs: list[Sequence], aux: dict[str, list] | None = None) -> list[PaddedBatch]:
         """Padded micro-batches of ``2 * micro_batch_size`` sequences (a micro-batch is counted in pairs)."""
-        size = self.section.micro_batch_size * 2
-        out = []
-        for start in range(0, len(seqs), size):
-            batch = pad_batch(seqs[start : start + size])
-            for key, values in (aux or {}).items():
-                batch.aux[key] = torch.tensor(values[start : start + size])
-            out.append(batch.to(self.device.torch_device()))
-        return out
+        return micro_batches(seqs, self.section.micro_batch_size * 2, self.device.torch_device(), aux)
 
 
 class ActorWorker(RoleWorker):
@@ -150,55 +149,25 @@ class ActorWorker(RoleWorker):
     """
 
     def build(self) -> None:
-        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
-        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
-
         from common.config import optimizer_steps_per_iter
+
+        from common.hf_semantics import pad_token_id, source_hf_config, stop_lookup_gradient
 
         a = self.cfg.actor_rollout_ref.actor_rollout
         policy = self._build(a.load, reward=False, seed=self.cfg.training.seed)
-        self.model = DistributedDataParallel(
-            config=policy.config,
-            ddp_config=DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False),
-            module=policy,
-        )
-        # the schedules call this after the last backward: DP all-reduce, tied-embedding grads (PP)
-        policy.config.finalize_model_grads_func = finalize_model_grads
-        self.optimizer = get_megatron_optimizer(
-            OptimizerConfig(
-                optimizer="adam",
-                lr=a.lr,
-                min_lr=a.min_lr,
-                weight_decay=a.weight_decay,
-                adam_beta1=a.adam_beta1,
-                adam_beta2=a.adam_beta2,
-                adam_eps=a.adam_eps,
-                clip_grad=a.clip_grad,
-                bf16=self.dtype == torch.bfloat16,
-                fp16=self.dtype == torch.float16,
-                params_dtype=self.dtype,
-            ),
-            [self.model],
-        )
+        # the HF config.json the weights came from: re-emitted with the final checkpoint, and its
+        # pad_token_id (HF's padding_idx) keeps that embedding row out of the lookup's gradient
+        self.hf_config = source_hf_config(a.load)
+        self.frozen_pad_id = pad_token_id(self.hf_config)
+        if self.frozen_pad_id is not None:
+            stop_lookup_gradient(policy, self.frozen_pad_id)
+        settings = AdamSettings(**{f: a[f] for f in AdamSettings.__dataclass_fields__})
         total_steps = self.cfg.training.train_iters * optimizer_steps_per_iter(self.cfg)
-        self.scheduler = OptimizerParamScheduler(
-            self.optimizer,
-            init_lr=0.0 if a.lr_warmup_fraction > 0 else a.lr,
-            max_lr=a.lr,
-            min_lr=a.min_lr,
-            lr_warmup_steps=int(a.lr_warmup_fraction * total_steps),
-            lr_decay_steps=total_steps,
-            lr_decay_style=a.lr_decay_style,
-            start_wd=a.weight_decay,
-            end_wd=a.weight_decay,
-            wd_incr_steps=total_steps,
-            wd_incr_style="constant",
-        )
+        self.model, self.optimizer, self.scheduler = build_actor_optimizer(policy, settings, dtype=self.dtype, total_steps=total_steps)
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], n: int, max_new_tokens: int, step: int, eos_ids: list[int]) -> list[list[list[int]]]:
-        return self._generate(self.model.module, prompts, n, max_new_tokens, step, eos_ids)
+    def generate(self, requests: list[tuple[list[int], list[int]]], max_new_tokens: int, eos_ids: list[int]) -> list[list[list[int]]]:
+        return self._generate(self.model.module, requests, max_new_tokens, eos_ids)
 
     def export_shards(self):
         """This rank's weights for the generating ranks: an object-store reference to
@@ -206,11 +175,11 @@ class ActorWorker(RoleWorker):
         import ray
         from megatron.core import parallel_state as ps
 
-        from common.model import _global_names
+        from common.weight_layout import global_names
 
         if ps.get_data_parallel_rank() != 0:
             return None
-        shard = {name: p.detach().cpu() for name, p in _global_names(self.model.module)}
+        shard = {name: p.detach().cpu() for name, p in global_names(self.model.module)}
         return ps.get_tensor_model_parallel_rank(), ray.put(shard)
 
     def train(self, pairs: list[dict], mini_batch_size: int) -> dict[str, Any]:
@@ -222,32 +191,13 @@ class ActorWorker(RoleWorker):
         pipeline stage), grad norms and the learning rate.
         """
         a, alg = self.cfg.actor_rollout_ref.actor_rollout, self.cfg.algorithm
-
-        def dpo_loss(batch: PaddedBatch, logps_BT1: torch.Tensor):
-            logps_S = summed_response_logps(logps_BT1, batch)
-            k = logps_S.shape[0] // 2
-            losses_B = dpo_losses(
-                logps_S[:k], logps_S[k:], batch.aux["ref"][:k], batch.aux["ref"][k:], beta=alg.beta, loss_type=alg.loss_type
-            )
-            # mean over the micro-batch; the schedule averages micro-batches, Megatron DDP the DP ranks
-            return losses_B.mean(), {"chosen": logps_S[:k].detach(), "rejected": logps_S[k:].detach()}
-
+        dpo_loss = microbatch_dpo_loss(beta=alg.beta, loss_type=alg.loss_type)
         policy_chosen, policy_rejected, grad_norms = [], [], []
         for _ in range(a.ppo_epochs):
             for mini in chunks(pairs, mini_batch_size):
-                seqs, refs = [], []
-                for micro in chunks(mini, a.micro_batch_size):
-                    seqs += [Sequence(p["prompt_ids"], p["chosen_ids"]) for p in micro]
-                    seqs += [Sequence(p["prompt_ids"], p["rejected_ids"]) for p in micro]
-                    refs += [p["ref_chosen"] for p in micro] + [p["ref_rejected"] for p in micro]
-                self.model.zero_grad_buffer()
-                self.optimizer.zero_grad()
-                stats = run_microbatches(self.model, self._micro_batches(seqs, {"ref": refs}), dpo_loss, forward_only=False)
-                ok, grad_norm, _ = self.optimizer.step()
-                if not ok:
-                    raise RuntimeError("optimizer step skipped (inf/nan gradients)")
-                self.scheduler.step(increment=1)
-                grad_norms.append(float(grad_norm) if grad_norm is not None else float("nan"))
+                seqs, refs = pair_sequences(mini, a.micro_batch_size)
+                grad_norm, stats = train_step(self.model, self.optimizer, self.scheduler, self._micro_batches(seqs, {"ref": refs}), dpo_loss)
+                grad_norms.append(grad_norm)
                 for s in stats:
                     policy_chosen += s["chosen"].tolist()
                     policy_rejected += s["rejected"].tolist()
@@ -258,6 +208,12 @@ class ActorWorker(RoleWorker):
             "learning_rate": self.optimizer.param_groups[0]["lr"],
         }
 
+    def save_weights(self, out_dir: str) -> None:
+        """Collective: the trained weights alone, in this project's checkpoint format (atomic), with
+        the source HF config.json when the actor was loaded from one (``RUN_DIR/final``)."""
+        from common.convert import save_checkpoint
+
+        save_checkpoint(self.model.module, Path(out_dir), self.arch, hf_config=self.hf_config)
 
     def save(self, ckpt_dir: str) -> None:
         """Collective: weights (one file per TP/PP rank) and this rank's optimizer, schedule, RNG."""
@@ -304,44 +260,39 @@ class GeneratorWorker(RoleWorker):
         import ray
         from megatron.core import parallel_state as ps
 
-        from common.model import _global_names, _shard, merge_shards
+        from common.weight_layout import global_names, merge_shards, shard
 
         by_tp: dict[int, dict] = {}
         for tp_rank, ref in exports:
             by_tp.setdefault(tp_rank, {}).update(ray.get(ref))  # pipeline stages merge by global name
         train_tp = len(by_tp)
         same_layout = train_tp == ps.get_tensor_model_parallel_world_size()
-        for name, param in _global_names(self.model):
+        for name, param in global_names(self.model):
             if same_layout:
                 value = by_tp[ps.get_tensor_model_parallel_rank()][name]
             else:
                 full = merge_shards(name, [by_tp[t][name] for t in range(train_tp)], self.arch.vocab_size, False)
-                value = _shard(name, full, self.model.vocab_size, False)
+                value = shard(name, full, self.model.vocab_size, False)
             param.copy_(value.to(param.dtype))
 
-    def generate(self, prompts: list[list[int]], n: int, max_new_tokens: int, step: int, eos_ids: list[int]) -> list[list[list[int]]]:
-        return self._generate(self.model, prompts, n, max_new_tokens, step, eos_ids)
+    def generate(self, requests: list[tuple[list[int], list[int]]], max_new_tokens: int, eos_ids: list[int]) -> list[list[list[int]]]:
+        return self._generate(self.model, requests, max_new_tokens, eos_ids)
 
 
 class ReferenceWorker(RoleWorker):
     """Frozen copy of the starting policy: summed response log-probs, no temperature scaling."""
 
     def build(self) -> None:
-        # default: the actor's starting weights (same load, or same architecture and seed: weights
-        # are identical for any TP/PP layout)
-        load = self.cfg.actor_rollout_ref.ref.load or self.cfg.actor_rollout_ref.actor_rollout.load
-        self.model = self._build(load, reward=False, seed=self.cfg.training.seed)
+        from common.config import role_load
+
+        self.model = self._build(role_load(self.cfg, "ref"), reward=False, seed=self.cfg.training.seed)
         self.model.eval()
         self.model.requires_grad_(False)
 
     @torch.no_grad()
     def logps(self, seqs: list[Sequence]) -> list[float]:
         """Summed response log-probs per sequence (last pipeline stage; [] on the others)."""
-
-        def collect(batch: PaddedBatch, logps_BT1: torch.Tensor):
-            return logps_BT1.new_zeros(()), {"logps": summed_response_logps(logps_BT1, batch)}
-
-        stats = run_microbatches(self.model, self._micro_batches(seqs), collect, forward_only=True)
+        stats = run_microbatches(self.model, self._micro_batches(seqs), collect_response_logps, forward_only=True)
         return [x for s in stats for x in s["logps"].cpu().tolist()]
 
 
@@ -357,12 +308,7 @@ class RewardWorker(RoleWorker):
     def scores(self, seqs: list[Sequence], eos_ids: list[int]) -> list[float]:
         """The head's output at each sequence's score position (last pipeline stage; [] on others)."""
         positions = score_positions(seqs, set(eos_ids), self.cfg.reward.score_position).tolist()
-
-        def collect(batch: PaddedBatch, scores_BT: torch.Tensor):
-            picked_B = scores_BT.gather(1, batch.aux["pos"][:, None]).squeeze(1).float()
-            return scores_BT.new_zeros(()), {"scores": picked_B}
-
-        stats = run_microbatches(self.model, self._micro_batches(seqs, {"pos": positions}), collect, forward_only=True, output="scores")
+        stats = run_microbatches(self.model, self._micro_batches(seqs, {"pos": positions}), collect_scores, forward_only=True, output="scores")
         return [x for s in stats for x in s["scores"].cpu().tolist()]
 
 

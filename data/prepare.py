@@ -12,7 +12,7 @@ reply, and tokenized exactly as ``common.tokenizer.render_prompt_ids`` would. Pr
 ``--max-prompt-length`` are dropped or cut from the left of the last user message
 (``--too-long``); the assistant header is never cut, and both counts go to the manifest.
 
-Output (see ``data/dataset.py``): ``prompts.arrow`` + ``manifest.json``, written to a temporary
+Output (see ``common/prepared.py``): ``prompts.arrow`` + ``manifest.json``, written to a temporary
 folder and renamed into place, so a failed run leaves nothing that looks complete. The same input
 and settings give byte-identical output for any ``--workers``.
 """
@@ -32,8 +32,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from common.prompts import normalize_prompt
-from data.dataset import FORMAT, IDS_FILE, MANIFEST_FILE, MESSAGE_TYPE, SCHEMA, tokenizer_fingerprint
+from common import jsonl
+from common.messages import normalize_prompt
+from common.prepared import FORMAT, IDS_FILE, MANIFEST_FILE, MESSAGE_TYPE, SCHEMA, is_prepared, tokenizer_fingerprint
 from data.encode import ENGINES, TEMPLATES, PromptEncoder
 from data.sources import Chunk, KeyMap, known_rows, read_chunks, resolve_inputs
 
@@ -127,14 +128,7 @@ def _rows(chunk: Chunk, keys: KeyMap, seen: dict):
         if chunk.kind == "lines":
             if not item.strip():
                 continue
-            try:
-                item = json.loads(item.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{chunk.path} row {row}: invalid UTF-8 ({e.reason} at byte {e.start} of the line); "
-                                 "re-encode the file as UTF-8") from e
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{chunk.path} row {row}: invalid JSON ({e.msg} at column {e.colno}); "
-                                 "each line must be one complete JSON object") from e
+            item = jsonl.loads(item, f"{chunk.path} row {row}")
         if not isinstance(item, dict):
             raise ValueError(f"{chunk.path} row {row}: expected a JSON object, got {type(item).__name__}; "
                              f"write one {{\"{keys.prompt}\": ...}} object per row")
@@ -231,6 +225,38 @@ def _sha256(path: str) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def _inside(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder
+
+
+def check_output(output: str, inputs: list[str], files: list[str], overwrite: bool) -> None:
+    """``--output`` never touches what the user gave: it is not, does not contain and does not lie
+    inside an input, and ``--overwrite`` replaces only a dataset this command wrote."""
+    out = os.path.realpath(output)
+    for f in files:
+        if os.path.realpath(f) == out:
+            raise ValueError(f"--output {output}: is the input file {f}; --output must be a folder, not an input file; "
+                             "pick a new folder for the prepared dataset")
+    for given in inputs:
+        real = os.path.realpath(given)
+        if _inside(out, real) or _inside(real, out):
+            suggestion = os.path.join(os.path.dirname(real.rstrip(os.sep)), os.path.basename(real.rstrip(os.sep)) + "_prepared")
+            raise ValueError(f"--output {output}: is, contains or lies inside the input {given}, whose files would be "
+                             f"replaced; write the prepared dataset to a different folder, e.g. --output {suggestion}")
+    if not os.path.lexists(output):
+        return
+    if not os.path.isdir(output):
+        raise ValueError(f"--output {output}: is a file; --output must be a folder; pick a new folder")
+    if not overwrite:
+        raise ValueError(f"output {output}: already exists; choose another --output or pass --overwrite")
+    found = sorted(os.listdir(output))
+    if not is_prepared(output) or set(found) - {IDS_FILE, MANIFEST_FILE}:
+        others = [n for n in found if n not in (IDS_FILE, MANIFEST_FILE)]
+        raise ValueError(f"--output {output}: exists and is not only a dataset written by data.prepare "
+                         f"({'no ' + MANIFEST_FILE if not is_prepared(output) else 'also holds ' + ', '.join(others[:5])}); "
+                         "--overwrite replaces only a prepared dataset; pick a new folder")
+
+
 def prepare(inputs: list[str], output: str, tok, settings: Settings = Settings(), *, engine: str = "auto",
             workers: int = 1, overwrite: bool = False, progress: bool = True) -> dict:
     """Prepare ``inputs`` (files or folders of shards) into the dataset folder ``output``; returns the manifest."""
@@ -238,9 +264,8 @@ def prepare(inputs: list[str], output: str, tok, settings: Settings = Settings()
     output = output.rstrip(os.sep) or output
     if workers < 1:
         raise ValueError(f"--workers {workers}: give at least 1")
-    if os.path.exists(output) and not overwrite:
-        raise ValueError(f"output {output}: already exists; choose another --output or pass --overwrite")
     files = resolve_inputs(inputs)
+    check_output(output, inputs, files, overwrite)
     encoder = PromptEncoder(tok, settings.template, engine)
     sources = [{"path": p, "bytes": os.path.getsize(p), "sha256": _sha256(p), "rows": 0} for p in files]
 
@@ -250,7 +275,10 @@ def prepare(inputs: list[str], output: str, tok, settings: Settings = Settings()
     totals = [known_rows(p) for p in files]
     tmp = f"{output}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    try:
+        os.makedirs(tmp)
+    except OSError as e:
+        raise ValueError(f"--output {output}: cannot create {tmp}: {e.strerror}; pick a writable folder") from None
     done = False
     try:
         from tqdm import tqdm

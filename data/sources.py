@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from common import jsonl
+
 SUFFIXES = (".parquet", ".jsonl", ".json")
 
 
@@ -166,17 +168,17 @@ def _json_chunks(path, file_index, chunk_rows):
             for start in range(0, len(array), chunk_rows):
                 yield Chunk(file_index, path, start + 1, "objects", array[start:start + chunk_rows])
             return
-        lines, first_row, any_rows = [], 1, False
-        for row, line in enumerate(f, start=1):
-            if not lines:
-                first_row = row
-            lines.append(line)
-            if len(lines) == chunk_rows:
-                any_rows = any_rows or any(x.strip() for x in lines)
-                yield Chunk(file_index, path, first_row, "lines", lines)
-                lines = []
-        if lines:
+    lines, first_row, any_rows = [], 1, False
+    for row, line in jsonl.iter_lines(path):  # split on b"\n" only; parsed in the workers (jsonl.loads)
+        if not lines:
+            first_row = row
+        lines.append(line)
+        if len(lines) == chunk_rows:
             any_rows = any_rows or any(x.strip() for x in lines)
             yield Chunk(file_index, path, first_row, "lines", lines)
-        if not any_rows:
-            raise ValueError(f"{path}: it has zero rows (only blank lines); give at least one prompt")
+            lines = []
+    if lines:
+        any_rows = any_rows or any(x.strip() for x in lines)
+        yield Chunk(file_index, path, first_row, "lines", lines)
+    if not any_rows:
+        raise ValueError(f"{path}: it has zero rows (only blank lines); give at least one prompt")

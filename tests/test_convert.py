@@ -271,6 +271,7 @@ def test_tp1_hf_load_matches_transformers(hf, world1, kind):
     _close(_trim(_forward(model, reward)), expected)
 
 
+@pytest.mark.slow
 def test_tp2_matches_transformers(hf, tp2):
     ranks, _ = tp2
     for out in ranks:
@@ -279,6 +280,7 @@ def test_tp2_matches_transformers(hf, tp2):
             _close(out[f"{kind}/ckpt_tp1"], hf[kind][1])  # TP=1 checkpoint loaded at TP=2
 
 
+@pytest.mark.slow
 def test_pp2_matches_transformers(hf, pp2):
     ranks, _ = pp2
     assert ranks[0]["untied/hf"] is None  # stage 0 has no outputs
@@ -287,6 +289,7 @@ def test_pp2_matches_transformers(hf, pp2):
         _close(ranks[1][f"{kind}/ckpt_tp1"], hf[kind][1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["tp2", "pp2"])
 def test_gathered_state_dict_equals_hf(hf, tp2, pp2, layout):
     ranks, _ = {"tp2": tp2, "pp2": pp2}[layout]
@@ -299,6 +302,7 @@ def test_gathered_state_dict_equals_hf(hf, tp2, pp2, layout):
         assert all(torch.equal(gathered[k], expected[k]) for k in expected), kind
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["tp2", "pp2"])
 def test_saved_checkpoint_loads_at_tp1(hf, world1, tp2, pp2, layout):
     from common.convert import CheckpointReader, load_checkpoint_into_model
@@ -354,11 +358,13 @@ def test_cli_round_trip_is_bit_exact(hf, tmp_path, kind, tp, pp):
             assert json.loads(gen) == json.loads((hf_dir / "generation_config.json").read_text())
 
 
+@pytest.mark.slow
 def test_cli_runs_as_a_module_and_validates_layout(hf, tmp_path):
     cmd = [sys.executable, "-m", "tools.convert_checkpoint", "hf-to-mcore", "--hf", str(hf["untied"][0]),
            "--out", str(tmp_path / "ckpt"), "--tp", "4", "--pp", "1"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and "tp 4 does not divide the 2 KV heads" in proc.stderr
+    assert proc.returncode == 2 and "convert_checkpoint: error: layout: TP=4 must divide" in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert not (tmp_path / "ckpt").exists()
     cmd[-3] = "2"
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -393,6 +399,7 @@ def _tiny_tokenizer(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_exported_actor_loads_and_generates_with_transformers(hf, tp2, tmp_path):
     """A TP=2 model gathered on rank 0 -> save_hf with a tokenizer -> transformers."""
     import transformers
@@ -523,6 +530,6 @@ def test_smollm2_real_model_round_trip(world1, tmp_path):
     # Megatron's own KV-cache greedy decoding gives the same tokens.
     ours = generate(
         policy, [prompt], max_new_tokens=len(answer_ids), temperature=1.0, top_k=1, top_p=1.0,
-        eos_token_ids=[tok.eos_token_id], generator=torch.Generator().manual_seed(0),
+        eos_token_ids=[tok.eos_token_id], sample_keys=[0],
     )[0]
     assert ours == answer_ids[: len(ours)] and len(ours) >= 6

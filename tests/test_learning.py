@@ -2,8 +2,12 @@
 and the tiny model learns from it: the mean reward of the last iterations is clearly above the
 first ones."""
 
+import pytest
+
 from common.outputs import read_jsonl
 from conftest import run_recipe
+
+pytestmark = pytest.mark.slow  # Ray runs of the tiny recipe (see pytest.ini)
 
 USER_MODULE = '''
 def ascii_letters(prompts, responses):

@@ -78,12 +78,9 @@ def scenario() -> dict:
         out["scores"] = reward(ids_BT, position_ids_BT, mask)
     out["logps"] = token_logprobs(policy, ids_BT, valid_BT).detach()
     gen = dict(max_new_tokens=12, top_p=1.0, eos_token_ids=[VOCAB + 5])
-    out["greedy"] = generate(
-        policy, prompts, temperature=1.0, top_k=1, generator=torch.Generator().manual_seed(0), **gen
-    )
-    out["sampled"] = generate(
-        policy, prompts, temperature=0.9, top_k=0, generator=torch.Generator().manual_seed(5), **gen
-    )
+    keys = _keys(len(prompts), 5)
+    out["greedy"] = generate(policy, prompts, temperature=1.0, top_k=1, sample_keys=keys, **gen)
+    out["sampled"] = generate(policy, prompts, temperature=0.9, top_k=0, sample_keys=keys, **gen)
     out["layer0"] = {
         name: p.detach().clone()
         for name, p in policy.named_parameters()
@@ -129,7 +126,9 @@ def test_device_resolution_and_dtype():
         cpu.compute_dtype("bf16")
     with pytest.raises(ValueError, match="unknown kind"):
         resolve_device("tpu")
-    if not torch.cuda.is_available():
+    if torch.cuda.is_available():
+        assert resolve_device("cuda").kind == "cuda"
+    else:
         with pytest.raises(ValueError, match="cuda"):
             resolve_device("cuda")
 
@@ -167,52 +166,77 @@ def test_llama3_rope_scaling_matches_transformers():
 # ------------------------------------------------------------------------------------ sampler
 
 
+def _keys(n: int, salt: int) -> list[int]:
+    from common.sampling import sample_key
+
+    return [sample_key(salt, row) for row in range(n)]
+
+
 def _frequencies(ids_B: torch.Tensor, n: int) -> torch.Tensor:
     return torch.bincount(ids_B, minlength=n).double() / ids_B.numel()
 
 
-def test_inverse_cdf_sampler_reproduces_distribution():
-    from common.generation import sample_tokens
+def test_keyed_sampler_reproduces_distribution():
+    from common.sampling import sample_tokens
 
-    p = torch.tensor([0.4, 0.25, 0.15, 0.1, 0.06, 0.04, 0.0, 0.0])
+    # 130 ids: two blocks of the two-level draw, the second holding two likely ids
+    p = torch.zeros(130)
+    p[[0, 1, 2, 3, 4, 5, 128, 129]] = torch.tensor([0.3, 0.2, 0.15, 0.1, 0.06, 0.04, 0.1, 0.05])
     draws = 100_000
     logits_BV = p.log().expand(draws, -1).contiguous()
-    ids_B = sample_tokens(
-        logits_BV, temperature=1.0, top_k=0, top_p=1.0, generator=torch.Generator().manual_seed(0)
-    )
-    counts = torch.bincount(ids_B, minlength=8).double()
-    assert counts[6:].sum() == 0  # zero-probability ids are never drawn
-    expected = p[:6].double() * draws
-    chi2 = ((counts[:6] - expected) ** 2 / expected).sum().item()
-    assert chi2 < 30.0, chi2  # 5 degrees of freedom: P(chi2 > 30) ~ 1.5e-5
+    keys_B = torch.tensor(_keys(draws, 0))
+    ids_B = sample_tokens(logits_BV, temperature=1.0, top_k=0, top_p=1.0, keys_B=keys_B, position=0)
+    counts = torch.bincount(ids_B, minlength=130).double()
+    likely = p > 0
+    assert counts[~likely].sum() == 0  # zero-probability ids are never drawn
+    expected = p[likely].double() * draws
+    chi2 = ((counts[likely] - expected) ** 2 / expected).sum().item()
+    assert chi2 < 35.0, chi2  # 7 degrees of freedom: P(chi2 > 35) ~ 1e-5
 
-    # temperature 2 -> p^(1/2), renormalised
-    ids_B = sample_tokens(
-        logits_BV, temperature=2.0, top_k=0, top_p=1.0, generator=torch.Generator().manual_seed(1)
-    )
+    # temperature 2 -> p^(1/2), renormalised; another position draws other noise
+    ids_B = sample_tokens(logits_BV, temperature=2.0, top_k=0, top_p=1.0, keys_B=keys_B, position=1)
     target = p.sqrt() / p.sqrt().sum()
-    torch.testing.assert_close(_frequencies(ids_B, 8), target.double(), atol=6e-3, rtol=0)
+    torch.testing.assert_close(_frequencies(ids_B, 130), target.double(), atol=6e-3, rtol=0)
+
+
+def test_keyed_sampler_is_a_function_of_key_and_position():
+    from common.sampling import sample_tokens
+
+    logits_BV = torch.randn(6, 1000, generator=torch.Generator().manual_seed(0))
+    keys_B = torch.tensor(_keys(6, 1))
+    kw = dict(temperature=1.0, top_k=0, top_p=1.0)
+    ids_B = sample_tokens(logits_BV, keys_B=keys_B, position=3, **kw)
+    # a row's draw does not depend on the other rows of the batch (data-parallel split)
+    for row in range(6):
+        alone = sample_tokens(logits_BV[row : row + 1], keys_B=keys_B[row : row + 1], position=3, **kw)
+        assert alone.item() == ids_B[row].item()
+    # rounding-size changes of the logits (another CPU's kernels) do not move the draw
+    nudged_BV = logits_BV * (1 + 1e-6 * torch.randn(6, 1000, generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(sample_tokens(nudged_BV, keys_B=keys_B, position=3, **kw), ids_B)
+    # other positions and other keys draw other noise
+    assert not torch.equal(sample_tokens(logits_BV, keys_B=keys_B, position=4, **kw), ids_B)
+    assert not torch.equal(sample_tokens(logits_BV, keys_B=keys_B + 1, position=3, **kw), ids_B)
 
 
 def test_top_k_and_top_p_filters():
-    from common.generation import sample_tokens
+    from common.sampling import sample_tokens
 
     p = torch.tensor([0.4, 0.25, 0.15, 0.1, 0.06, 0.04])
     logits_BV = p.log().expand(50_000, -1).contiguous()
-    gen = torch.Generator().manual_seed(0)
+    gen = dict(keys_B=torch.tensor(_keys(50_000, 2)), position=0)
 
-    freq = _frequencies(sample_tokens(logits_BV, temperature=1.0, top_k=2, top_p=1.0, generator=gen), 6)
+    freq = _frequencies(sample_tokens(logits_BV, temperature=1.0, top_k=2, top_p=1.0, **gen), 6)
     torch.testing.assert_close(
         freq, torch.tensor([0.4, 0.25, 0, 0, 0, 0], dtype=torch.float64) / 0.65, atol=8e-3, rtol=0
     )
     # top_p=0.7: 0.4 (mass before 0) and 0.25 (before 0.4) kept; 0.15 (before 0.65) kept; rest not
-    freq = _frequencies(sample_tokens(logits_BV, temperature=1.0, top_k=0, top_p=0.7, generator=gen), 6)
+    freq = _frequencies(sample_tokens(logits_BV, temperature=1.0, top_k=0, top_p=0.7, **gen), 6)
     torch.testing.assert_close(
         freq, torch.tensor([0.4, 0.25, 0.15, 0, 0, 0], dtype=torch.float64) / 0.8, atol=8e-3, rtol=0
     )
-    freq = _frequencies(sample_tokens(logits_BV, temperature=1.0, top_k=0, top_p=0.3, generator=gen), 6)
+    freq = _frequencies(sample_tokens(logits_BV, temperature=1.0, top_k=0, top_p=0.3, **gen), 6)
     assert freq[0] == 1.0
-    greedy = sample_tokens(logits_BV[:4], temperature=1.0, top_k=1, top_p=1.0, generator=gen)
+    greedy = sample_tokens(logits_BV[:4], temperature=1.0, top_k=1, top_p=1.0, **gen)
     assert greedy.tolist() == [0, 0, 0, 0]
 
 
@@ -291,7 +315,7 @@ def test_greedy_kv_cache_equals_full_forward(policy, tied):
     eos = [VOCAB + 5]  # never generated: a padded id
     out = generate(
         policy, prompts, max_new_tokens=10, temperature=1.0, top_k=1, top_p=1.0,
-        eos_token_ids=eos, generator=torch.Generator().manual_seed(0),
+        eos_token_ids=eos, sample_keys=_keys(len(prompts), 0),
     )
     assert out == [_greedy_without_cache(policy, p, 10, eos) for p in prompts]
     assert policy.training  # generate restores the mode it found
@@ -302,7 +326,7 @@ def test_eos_stops_row_and_is_kept(policy):
     from common.generation import generate
 
     _, _, prompts = _batch()
-    kw = dict(temperature=1.0, top_k=1, top_p=1.0, generator=torch.Generator())
+    kw = dict(temperature=1.0, top_k=1, top_p=1.0, sample_keys=_keys(len(prompts), 0))
     free = generate(policy, prompts, max_new_tokens=10, eos_token_ids=[VOCAB + 5], **kw)
     eos = free[0][3]
     out = generate(policy, prompts, max_new_tokens=10, eos_token_ids=[eos], **kw)
@@ -321,14 +345,14 @@ def test_sampling_is_seeded_and_never_picks_padded_ids(policy):
 
     _, _, prompts = _batch()
     kw = dict(max_new_tokens=16, top_k=0, top_p=1.0, eos_token_ids=[VOCAB + 5])
-    a = generate(policy, prompts, temperature=0.9, generator=torch.Generator().manual_seed(1), **kw)
-    b = generate(policy, prompts, temperature=0.9, generator=torch.Generator().manual_seed(1), **kw)
-    c = generate(policy, prompts, temperature=0.9, generator=torch.Generator().manual_seed(2), **kw)
+    a = generate(policy, prompts, temperature=0.9, sample_keys=_keys(4, 1), **kw)
+    b = generate(policy, prompts, temperature=0.9, sample_keys=_keys(4, 1), **kw)
+    c = generate(policy, prompts, temperature=0.9, sample_keys=_keys(4, 2), **kw)
     assert a == b and a != c
+    # a row's response depends on its prompt and key only, not on the rest of the batch
+    assert generate(policy, prompts[1:3], temperature=0.9, sample_keys=_keys(4, 1)[1:3], **kw) == a[1:3]
     # Nearly uniform sampling: unmasked, the 24 padded ids would get ~2 % of the 512 draws.
-    hot = generate(
-        policy, prompts * 8, temperature=100.0, generator=torch.Generator().manual_seed(3), **kw
-    )
+    hot = generate(policy, prompts * 8, temperature=100.0, sample_keys=_keys(32, 3), **kw)
     drawn = [t for row in hot for t in row]
     assert len(drawn) == 32 * 16 and max(drawn) < VOCAB
 
@@ -373,6 +397,7 @@ def test_hf_llama_weights_give_hf_logits(tp1, world1):
 # ------------------------------------------------------------------------------------ TP=2
 
 
+@pytest.mark.slow
 def test_tp2_equals_tp1(tp1, tp2):
     for rank, out in enumerate(tp2):
         torch.testing.assert_close(out["logits"], tp1["logits"], atol=1e-5, rtol=0)
@@ -383,6 +408,7 @@ def test_tp2_equals_tp1(tp1, tp2):
         assert out["sampled"] == tp1["sampled"], rank
 
 
+@pytest.mark.slow
 def test_tp2_shards_are_the_tp1_weights_split(tp1, tp2):
     full, ranks = tp1["layer0"], [out["layer0"] for out in tp2]
     for name, weight in full.items():
@@ -482,6 +508,7 @@ def test_schedule_logps_equal_token_logprobs(train_tp1, policy):
     torch.testing.assert_close(train_tp1["logps"], expected, atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2)])
 def test_megatron_train_steps_match_tp1(train_tp1, tp, pp):
     ranks = run_world(train_steps, world_size=2, tp=tp, pp=pp)

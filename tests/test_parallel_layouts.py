@@ -6,8 +6,12 @@ Step 1's loss is ln 2 only if the reference (PP=2 here) computes the same log-pr
 
 import math
 
+import pytest
+
 from common.outputs import read_jsonl
 from conftest import run_recipe
+
+pytestmark = pytest.mark.slow  # Ray runs of the tiny recipe (see pytest.ini)
 
 
 def test_ref_and_reward_on_two_pipeline_stages(tmp_path):

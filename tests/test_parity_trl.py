@@ -11,6 +11,8 @@ import pytest
 
 from bench.parity_trl import METRICS, TOLERANCES, Settings, compare, make_assets, run_ours, run_trl
 
+pytestmark = pytest.mark.slow  # Ray runs of the tiny recipe (see pytest.ini)
+
 SETTINGS = Settings(steps=20)
 
 

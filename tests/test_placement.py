@@ -43,6 +43,7 @@ def two_node_cluster():
     cluster.shutdown()
 
 
+@pytest.mark.slow
 def test_tiny_across_two_simulated_nodes_lands_where_planned(two_node_cluster, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "RAY_ADDRESS": two_node_cluster.address}

@@ -10,9 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from common.prompts import PromptStream, load_prompt_dataset, prompt_text, read_prompts
+from common.messages import prompt_text
+from common.prompts import PromptStream, load_prompt_dataset, read_prompts
 from common.tokenizer import LLAMA3_CHAT_TEMPLATE, load_tokenizer, render_prompt_ids
-from data.dataset import IDS_FILE, MANIFEST_FILE, open_table
+from common.prepared import IDS_FILE, MANIFEST_FILE, open_table
 from data.encode import PromptEncoder, llama3_text
 from data.prepare import Settings, main, prepare
 from data.sources import KeyMap
@@ -70,14 +71,14 @@ def test_ids_match_render_prompt_ids(tok, engine):
     prompts += [[{"role": "system", "content": t}, {"role": "user", "content": t}] for t in TRICKY if t.strip()]
     encoder = PromptEncoder(tok, "tokenizer", engine)
     assert encoder.engine == engine
-    from common.prompts import normalize_prompt
+    from common.messages import normalize_prompt
 
     got = encoder.encode([normalize_prompt(p, "test") for p in prompts])
     assert got == [render_prompt_ids(tok, p) for p in prompts]
 
 
 def test_llama3_string_template_equals_jinja(tok):
-    from common.prompts import normalize_prompt
+    from common.messages import normalize_prompt
 
     for p in [t for t in TRICKY if t.strip()] + [CHAT, MULTI]:
         messages = normalize_prompt(p, "test")
@@ -438,8 +439,18 @@ def test_load_prompt_dataset_refuses_another_tokenizer(tmp_path, tok):
 
 
 def test_load_prompt_dataset_folder_without_manifest(tmp_path, tok):
-    with pytest.raises(ValueError, match="no manifest.json; prepare the prompts with `python -m data.prepare"):
+    with pytest.raises(ValueError, match="no manifest.json there, not a dataset written by data.prepare"):
         load_prompt_dataset(str(tmp_path), tok, 100)
+
+
+def test_folder_of_raw_shards_suggests_a_different_output(tmp_path, tok):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    write_jsonl(shards / "part-000.jsonl", [{"prompt": "a"}])
+    with pytest.raises(ValueError, match="a folder of raw prompt files") as e:
+        load_prompt_dataset(str(shards), tok, 100)
+    suggested = str(e.value).split("--output ")[1].split("`")[0]
+    assert suggested == f"{shards}_prepared"  # never the raw folder itself: preparing into it would replace the shards
 
 
 def test_prompt_stream_over_prepared_dataset_resumes(tmp_path, tok):
@@ -462,3 +473,55 @@ def test_command_line(tmp_path):
     manifest = json.load(open(out / MANIFEST_FILE))
     assert manifest["settings"]["max_prompt_length"] == 64 and manifest["counts"]["prompts"] == 1
     assert main(argv) == 2  # exists: a clear error, exit code 2
+
+
+# ----------------------------------------------------------------------------- never destroys user files
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _cli(tmp_path, inputs, output, *extra):
+    return main(["--input", *map(str, inputs), "--tokenizer", TOKENIZER_DIR, "--output", str(output),
+                 "--no-progress", "--workers", "1", *extra])
+
+
+def test_output_equal_to_input_folder_is_refused_even_with_overwrite(tmp_path, capsys):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    write_jsonl(shards / "part-000.jsonl", [{"prompt": "a"}])
+    (shards / "notes.txt").write_text("mine")
+    before = _snapshot(shards)
+    for output in (shards, shards / "inner", tmp_path):  # is, lies inside, contains the input
+        assert _cli(tmp_path, [shards], output, "--overwrite") == 2
+        assert "is, contains or lies inside the input" in capsys.readouterr().err
+    assert _snapshot(shards) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shards"]
+
+
+def test_output_equal_to_an_input_file_is_refused(tmp_path, capsys):
+    path = tmp_path / "p.jsonl"
+    write_jsonl(path, [{"prompt": "a"}])
+    before = path.read_bytes()
+    for extra in ((), ("--overwrite",)):
+        assert _cli(tmp_path, [path], path, *extra) == 2
+        assert "--output must be a folder, not an input file" in capsys.readouterr().err
+    assert path.read_bytes() == before
+
+
+def test_overwrite_replaces_only_a_prepared_dataset(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a"}])
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert _cli(tmp_path, [path], mine, "--overwrite") == 2
+    assert "not only a dataset written by data.prepare" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "keep me" and sorted(os.listdir(mine)) == ["notes.txt"]
+    out = tmp_path / "out"
+    assert _cli(tmp_path, [path], out) == 0
+    (out / "notes.txt").write_text("added later")
+    assert _cli(tmp_path, [path], out, "--overwrite") == 2  # a prepared dataset holding a user's file
+    assert (out / "notes.txt").read_text() == "added later"
+    (out / "notes.txt").unlink()
+    assert _cli(tmp_path, [path], out, "--overwrite") == 0  # its own output: replaced

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from common.prompts import (PromptStream, filter_long_prompts, load_fixed_responses, prompt_text,
-                            read_prompts)
+from common.messages import prompt_text
+from common.prompts import PromptStream, filter_long_prompts, load_fixed_responses, read_prompts
 
 CHAT = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hello?"}]
 

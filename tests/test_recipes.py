@@ -4,7 +4,7 @@ simulated two-node cluster, compared with the curves recorded by tools/record_cu
 fast failures before anything is built (missing weights, too few devices)."""
 
 import json
-import time
+import math
 
 import pytest
 
@@ -14,7 +14,6 @@ from common.outputs import read_jsonl
 from conftest import ROOT, run_recipe
 from tools.simulated_cluster import simulated_cluster
 
-pytestmark = pytest.mark.slow
 
 
 def check_curve(recipe: str, run_dir) -> None:
@@ -23,8 +22,8 @@ def check_curve(recipe: str, run_dir) -> None:
     losses = [row["loss"] for row in read_jsonl(run_dir / "metrics.jsonl")]
     # policy == reference at step 1: ln 2, up to fp32 summation order (the 8B actor is TP2 x PP2, its
     # reference TP2 x PP1; summed log-probs of ~250 tokens differ in the 7th digit -> ~1e-5 in the loss)
-    assert abs(losses[0] - 0.6931472) < 1e-4
-    assert compare(expected, losses) == []
+    assert abs(losses[0] - math.log(2)) < 1e-4
+    assert compare(expected, losses) == []  # every step within the tolerance, and no one-sided drift
 
 
 def placed(run_dir) -> dict[str, list[int]]:
@@ -65,16 +64,15 @@ def test_cpu_scale_overlays_change_only_what_they_document():
     ],
 )
 def test_missing_weights_fail_before_ray_with_the_commands(recipe, need, tmp_path):
-    start = time.monotonic()
     proc = run_recipe(recipe, tmp_path / "run")
-    seconds = time.monotonic() - start
     assert proc.returncode != 0
     assert "hf-to-mcore" in proc.stderr and all(s in proc.stderr for s in need), proc.stderr[-3000:]
-    assert "placement:" not in proc.stdout and "Traceback" not in proc.stderr  # stopped before Ray, cleanly
-    assert not (tmp_path / "run").exists()
-    print(f"{recipe}: failed in {seconds:.1f} s")
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()  # stopped before the run folder, so before Ray
 
 
+@pytest.mark.slow
+@pytest.mark.curve
 def test_llama32_1b_cpu_scale_on_one_node(tmp_path):
     out = tmp_path / "run"
     proc = run_recipe("llama32_1b", out, "--overlay", "cpu_scale")
@@ -89,6 +87,8 @@ def two_nodes_of_8():
         yield {"RAY_ADDRESS": address}
 
 
+@pytest.mark.slow
+@pytest.mark.curve
 def test_llama3_8b_cpu_scale_on_two_simulated_nodes(two_nodes_of_8, tmp_path):
     out = tmp_path / "run"
     proc = run_recipe("llama3_8b", out, "--nodes", "2", "--overlay", "cpu_scale", "resource_pool.device_resource=NPU", env=two_nodes_of_8)
@@ -102,6 +102,7 @@ def test_llama3_8b_cpu_scale_on_two_simulated_nodes(two_nodes_of_8, tmp_path):
     check_curve("llama3_8b", out)
 
 
+@pytest.mark.slow
 def test_too_few_devices_fails_naming_the_roles_short(two_nodes_of_8, tmp_path):
     """The 8B recipe on one of the two 8-device nodes: 16 devices needed, 8 there."""
     proc = run_recipe("llama3_8b", tmp_path / "run", "--overlay", "cpu_scale", "resource_pool.device_resource=NPU", env=two_nodes_of_8)

@@ -6,8 +6,12 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from common.outputs import read_jsonl
 from conftest import ROOT, run_recipe
+
+pytestmark = pytest.mark.slow  # Ray runs of the tiny recipe (see pytest.ini)
 
 SETTINGS = ("training.train_iters=6", "training.save_interval=2")
 

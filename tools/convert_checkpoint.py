@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from common.dtypes import DTYPE_NAMES
+
 
 def _progress(total: int, desc: str):
     from tqdm import tqdm
@@ -31,9 +33,9 @@ def _progress(total: int, desc: str):
 
 
 def _dtype(name: str | None):
-    from common.convert import DTYPES
+    from common.dtypes import torch_dtype
 
-    return None if name is None else DTYPES[name]
+    return None if name is None else torch_dtype(name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,28 +46,38 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     to_mcore = sub.add_parser("hf-to-mcore", help="HF model directory -> Megatron checkpoint (TP x PP)")
     to_mcore.add_argument("--hf", required=True, help="HF directory: config.json + *.safetensors")
-    to_mcore.add_argument("--out", required=True, help="checkpoint directory to write (replaced if it exists)")
+    to_mcore.add_argument("--out", required=True, help="checkpoint folder to write: new, empty, or a checkpoint of this project (replaced)")
     to_mcore.add_argument("--tp", type=int, default=1, help="tensor-parallel size (divides the KV-head count)")
     to_mcore.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (divides the layer count)")
-    to_mcore.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="cast tensors (default: keep)")
+    to_mcore.add_argument("--dtype", choices=DTYPE_NAMES, help="cast tensors (default: keep)")
     to_hf = sub.add_parser("mcore-to-hf", help="Megatron checkpoint (any TP x PP) -> HF model directory")
     to_hf.add_argument("--ckpt", required=True, help="checkpoint directory (meta.json, arch.json, model_tp*_pp*.safetensors)")
-    to_hf.add_argument("--out", required=True, help="HF directory to write (replaced if it exists)")
+    to_hf.add_argument("--out", required=True, help="HF folder to write: new, empty, or an earlier mcore-to-hf export (replaced)")
     to_hf.add_argument("--tokenizer", help="HF tokenizer directory whose files (and chat template) are copied")
-    to_hf.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="cast tensors (default: keep)")
+    to_hf.add_argument("--dtype", choices=DTYPE_NAMES, help="cast tensors (default: keep)")
     reshard = sub.add_parser("reshard", help="Megatron checkpoint -> the same weights for another TP x PP")
     reshard.add_argument("--ckpt", required=True)
     reshard.add_argument("--out", required=True)
     reshard.add_argument("--tp", type=int, required=True)
     reshard.add_argument("--pp", type=int, required=True)
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except ValueError as e:  # every problem with the inputs, argparse-style: one line, exit 2
+        parser.error(str(e))
+    except OSError as e:  # e.g. --out on a read-only file system
+        parser.error(f"{e.filename or args.out}: {e.strerror}; pick a writable --out")
 
+
+def _run(args: argparse.Namespace) -> int:
     from common import convert
 
     if args.command == "hf-to-mcore":
         cfg = convert.read_hf_config(args.hf)
         arch = convert.arch_from_hf_config(cfg)
         reward = convert.is_reward_config(cfg)
+        convert.check_layout(arch, args.tp, args.pp)
+        convert.check_output_dir(args.out, "checkpoint", {"--hf": args.hf})
         total = len(convert.megatron_param_names(arch, reward=reward)) + (
             1 if arch.tie_word_embeddings and args.pp > 1 else 0
         )
@@ -75,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.out}: {kind}, {arch.num_layers} layers, tp={args.tp} pp={args.pp}")
     elif args.command == "mcore-to-hf":
         reader = convert.CheckpointReader(args.ckpt)
+        convert.check_output_dir(args.out, "hf-export", {"--ckpt": args.ckpt, "--tokenizer": args.tokenizer})
         total = len(convert.megatron_param_names(reader.arch, reward=reader.reward))
         with _progress(total, "mcore-to-hf") as bar:
             convert.export_hf(args.ckpt, args.out, args.tokenizer, dtype=_dtype(args.dtype), progress=bar.update)
@@ -82,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.out}{note}")
     else:
         reader = convert.CheckpointReader(args.ckpt)
+        convert.check_layout(reader.arch, args.tp, args.pp)
+        convert.check_output_dir(args.out, "checkpoint", {"--ckpt": args.ckpt})
         total = len(convert.megatron_param_names(reader.arch, reward=reader.reward)) + (
             1 if reader.arch.tie_word_embeddings and args.pp > 1 else 0
         )

@@ -1,6 +1,12 @@
 """Budget of a recipe at its frozen config: device layout, parameters, memory per device, FLOPs per iteration.
 
     .venv/bin/python -m tools.recipe_budget llama32_1b llama3_8b > docs/recipe_budget.md
+    .venv/bin/python -m tools.recipe_budget llama32_1b llama3_8b --measured docs/device/<file>.json > docs/recipe_budget.md
+
+``--measured FILE`` (repeatable): a report of ``bench/device_check.py`` at full scale; its per-role peak
+memory (allocator peak of each role's phase on the device, minus the other models' weights) fills the
+"measured by device_check" column of its recipe's memory table. Without one the column says "not
+measured yet": no number there is ever an estimate.
 
 Reads only ``recipes/<name>/config.yaml`` through ``common.config`` (omegaconf, no torch) and prints markdown
 with the arithmetic of every number. Memory figures are estimates; their byte budgets follow the code:
@@ -11,7 +17,8 @@ unfused attention layer spec; vocabulary padded to a multiple of 128 * TP).
 
 from __future__ import annotations
 
-import sys
+import argparse
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,10 +212,36 @@ def forward_memory(cfg: DictConfig, a: Arch, role: str, tp: int, pp: int, dp: in
     ], sp * wb // tp + out + act
 
 
-def memory(cfg: DictConfig, a: Arch) -> str:
+def load_measured(paths: list[str]) -> dict[str, dict]:
+    """device_check reports by recipe name (full scale only: toy-scale figures say nothing about a recipe)."""
+    out = {}
+    for path in paths:
+        report = json.loads(Path(path).read_text())
+        if report.get("tool") != "bench/device_check.py" or "memory_per_role" not in report:
+            raise SystemExit(f"--measured {path}: not a bench/device_check.py report")
+        w = report["workload"]
+        if w["scale"] != "full":
+            raise SystemExit(f"--measured {path}: a {w['scale']}-scale run; only full-scale runs measure a recipe")
+        if report["memory_per_role"] is None:
+            raise SystemExit(f"--measured {path}: ran on {report['device']['kind']}, which has no allocator counters")
+        out[w["recipe"]] = {**report, "path": str(path)}
+    return out
+
+
+def measured_note(m: dict) -> str:
+    w, d = m["workload"], m["device"]
+    return (f"Measured by `bench/device_check.py` (`{m['path']}`): {d['name']}, "
+            f"{w['dtype']}, {w['prompts']} prompts x {w['samples_per_prompt']} samples (the generating role's rows and "
+            f"prefill logits scale with the prompts per rank), micro-batches of {2 * w['micro_batch_pairs']} sequences, "
+            f"fusions {w['fusions'] or 'none'}, commit {m['git']['commit'] or 'unknown'}. Each role's peak is the allocator's "
+            "peak during that role's phase minus the other models' weights (all roles ran on one device); the runtime's own "
+            "context and fragmentation are not in it (the reserved peak of each phase is in the JSON).\n")
+
+
+def memory(cfg: DictConfig, a: Arch, measured: dict | None = None) -> str:
     out = []
-    table = ["| role | per device | " + " | ".join(f"of {k} {g} GiB" for k, g in DEVICE_MEMORY_GIB.items()) + " |",
-             "|---" * (2 + len(DEVICE_MEMORY_GIB)) + "|"]
+    table = ["| role | per device | " + " | ".join(f"of {k} {g} GiB" for k, g in DEVICE_MEMORY_GIB.items())
+             + " | measured by device_check |", "|---" * (3 + len(DEVICE_MEMORY_GIB)) + "|"]
     for role in roles_in_use(cfg):
         (tp, pp), dp = role_parallel_sizes(cfg, role), data_parallel_size(cfg, role)
         v = -(-a.vocab // (VOCAB_PAD_MULTIPLE * tp)) * VOCAB_PAD_MULTIPLE * tp
@@ -220,8 +253,13 @@ def memory(cfg: DictConfig, a: Arch) -> str:
             lines, total = forward_memory(cfg, a, role, tp, pp, dp, v)
         out.append(f"**{role}** ({ROLE_TEXT[role]}, TP {tp} x PP {pp} x DP {dp})\n\n"
                    + code(lines + [f"TOTAL per device ~ {gib(total)}"]))
-        table.append(f"| {role} | {gib(total)} | " + " | ".join(f"{total / GIB / g:.0%}" for g in DEVICE_MEMORY_GIB.values()) + " |")
+        got = measured["memory_per_role"].get(role) if measured and tp * pp == 1 else None
+        missing = "not measured yet" if tp * pp == 1 else f"not measured yet (TP {tp} x PP {pp}: beyond the one-device check)"
+        table.append(f"| {role} | {gib(total)} | " + " | ".join(f"{total / GIB / g:.0%}" for g in DEVICE_MEMORY_GIB.values())
+                     + f" | {gib(got) if got is not None else missing} |")
     note = "Not counted: the runtime's own context, allocator fragmentation (typically 1-3 GiB) and communication buffers.\n"
+    note += measured_note(measured) if measured else (
+        "Measured column: `bench/device_check.py` on a device, fed back with `--measured FILE`; no run has been recorded.\n")
     return "\n".join(out) + "\n" + "\n".join(table) + "\n\n" + note
 
 
@@ -262,7 +300,7 @@ def flops(cfg: DictConfig, a: Arch) -> str:
     )
 
 
-def report(name: str) -> str:
+def report(name: str, measured: dict | None = None) -> str:
     cfg = load_config(ROOT / "recipes" / name / "config.yaml")
     t, actor, a = cfg.training, cfg.actor_rollout_ref.actor_rollout, arch_of(cfg)
     assumed = "" if cfg.reward.model is not None else " (reward model loaded from reward.load: same architecture assumed)"
@@ -273,20 +311,27 @@ def report(name: str) -> str:
         f"max_new_tokens {max_new_tokens(cfg)}.\n",
         "### Devices and layout\n", layout(cfg),
         f"### Parameters{assumed}\n", params(a),
-        "### Memory per device (estimate)\n", memory(cfg, a),
+        "### Memory per device (estimate)\n", memory(cfg, a, measured),
         "### FLOPs per iteration\n", flops(cfg, a),
     ])
 
 
-def main(names: list[str]) -> None:
-    if not names:
-        raise SystemExit(f"usage: {COMMAND} RECIPE [RECIPE ...]  (folders under recipes/)")
-    print(f"<!-- written by: {COMMAND} {' '.join(names)} -->")
+def main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(prog=COMMAND, description="recipe budget as markdown (folders under recipes/)")
+    p.add_argument("recipes", nargs="+")
+    p.add_argument("--measured", action="append", default=[], metavar="FILE", help="a full-scale bench/device_check.py report")
+    args = p.parse_args(argv)
+    measured = load_measured(args.measured)
+    flags = "".join(f" --measured {m}" for m in args.measured)
+    print(f"<!-- written by: {COMMAND} {' '.join(args.recipes)}{flags} -->")
     print("# Recipe budget\n")
     print("Per recipe: device layout, parameter count, memory per device and FLOPs per iteration, computed from the "
-          "frozen `config.yaml` with the arithmetic shown. Memory figures are estimates; GiB = 2^30 bytes.\n")
-    print("\n".join(report(name) for name in names))
+          "frozen `config.yaml` with the arithmetic shown. Memory figures are estimates, next to the device check's "
+          "measurements where one was recorded; GiB = 2^30 bytes.\n")
+    print("\n".join(report(name, measured.get(name)) for name in args.recipes))
 
 
 if __name__ == "__main__":
+    import sys
+
     main(sys.argv[1:])

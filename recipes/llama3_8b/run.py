@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from common.config import data_parallel_size  # noqa: E402
 from common.outputs import PhaseTimer  # noqa: E402
 from common.pairs import select_pairs  # noqa: E402
-from common.rollout import Rollout, metrics_row, reference_logps, score, sync_weights, train_on_pairs  # noqa: E402
+from common.rollout import Rollout, metrics_row, reference_logps, sampling_requests, score, sync_weights, train_on_pairs  # noqa: E402
 from common.session import open_session  # noqa: E402
 
 RECIPE_DIR = Path(__file__).resolve().parent
@@ -54,46 +54,47 @@ def main(argv: list[str] | None = None) -> int:
     generator = generator or actor  # without dedicated generating ranks the training ranks sample
     mini_per_rank = actor_cfg.ppo_mini_batch_size // data_parallel_size(cfg, "actor_rollout")
 
-    for step in run.steps():
-        timer = PhaseTimer()
-        with timer("step"):
-            batch = run.stream.next_batch()
+    for step in run.steps():  # ends early, cleanly, on SIGTERM/SIGINT (common/session.py)
+        with run.iteration(step):  # a lost worker or NaN/inf ends it: stop with a resume command, or restart
+            timer = PhaseTimer()
+            with timer("step"):
+                batch = run.stream.next_batch()
 
-            # 1. rollout: n responses per prompt, a [prompts, samples] grid from here to the pairs
-            if generator is not actor and run.fixed is None:
-                with timer("sync"):  # dedicated generating ranks take the latest trained weights
-                    sync_weights(actor, generator)
-            with timer("generate"):
-                if run.fixed is None:
-                    responses = generator.run_sharded("generate", batch.ids, actor_cfg.n_samples_per_prompt, run.new_tokens, step, run.eos_ids)
-                else:  # accuracy-comparison mode: stored responses instead of sampling
-                    responses = [run.fixed[i] for i in batch.indices]
-            rollout = Rollout.of(batch, responses, run.tok, run.eos_ids)
+                # 1. rollout: n responses per prompt, a [prompts, samples] grid from here to the pairs
+                if generator is not actor and run.fixed is None:
+                    with timer("sync"):  # dedicated generating ranks take the latest trained weights
+                        sync_weights(actor, generator)
+                with timer("generate"):
+                    if run.fixed is None:
+                        responses = generator.run_sharded("generate", sampling_requests(batch, actor_cfg.n_samples_per_prompt, cfg.training.seed, step), run.new_tokens, run.eos_ids)
+                    else:  # accuracy-comparison mode: stored responses instead of sampling
+                        responses = [run.fixed[i] for i in batch.indices]
+                rollout = Rollout.of(batch, responses, run.tok, run.eos_ids)
 
-            # 2. reward: one score per response, minus the missing-EOS penalty
-            with timer("reward"):
-                scores_PN = score(rollout, run.reward_fn, reward, run.eos_ids, actor_cfg.missing_eos_penalty)
+                # 2. reward: one score per response, minus the missing-EOS penalty
+                with timer("reward"):
+                    scores_PN = score(rollout, run.rewards, reward, run.eos_ids, actor_cfg.missing_eos_penalty)
 
-            # 3. pairs: best vs worst response of each prompt
-            pairs = select_pairs(scores_PN)
-            chosen, rejected = rollout.pairs(pairs)
+                # 3. pairs: best vs worst response of each prompt
+                pairs = select_pairs(scores_PN)
+                chosen, rejected = rollout.pairs(pairs)
 
-            # 4. the frozen reference's log-probs of both members of every pair
-            with timer("reference"):
-                ref_chosen, ref_rejected = reference_logps(ref, chosen, rejected)
+                # 4. the frozen reference's log-probs of both members of every pair
+                with timer("reference"):
+                    ref_chosen, ref_rejected = reference_logps(ref, chosen, rejected)
 
-            # 5. DPO update, each data-parallel rank on its own slice of the pairs
-            with timer("train"):
-                trained = train_on_pairs(actor, chosen, rejected, ref_chosen, ref_rejected, mini_per_rank)
+                # 5. DPO update, each data-parallel rank on its own slice of the pairs
+                with timer("train"):
+                    trained = train_on_pairs(actor, chosen, rejected, ref_chosen, ref_rejected, mini_per_rank)
 
-            # 6. checkpoint: weights, optimizer, schedule, data position (atomic)
-            if run.save_due(step):
-                with timer("save"):
-                    run.save(step)
+                # 6. checkpoint: weights, optimizer, schedule, data position (atomic)
+                if run.save_due(step):
+                    with timer("save"):
+                        run.save(step)
 
-        row = metrics_row(step, rollout, scores_PN, pairs, ref_chosen, ref_rejected, trained, beta=alg.beta, loss_type=alg.loss_type)
-        run.log({**row, **timer.seconds}, rollout.rows(step, scores_PN, pairs))
-    return run.finish()
+            row = metrics_row(step, rollout, scores_PN, pairs, ref_chosen, ref_rejected, trained, beta=alg.beta, loss_type=alg.loss_type)
+            run.log({**row, **timer.seconds}, rollout.rows(step, scores_PN, pairs))
+    return run.finish()  # loss.png; exit status 0, or 143/130 after SIGTERM/SIGINT
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The prepared prompt dataset on disk, and its reader.
+"""The prepared prompt dataset on disk (written by ``python -m data.prepare``), and its reader.
 
 A prepared dataset is a directory holding two files:
 
@@ -52,9 +52,13 @@ def is_prepared(path: str) -> bool:
 def read_manifest(path: str) -> dict:
     manifest_path = os.path.join(path, MANIFEST_FILE)
     if not os.path.isfile(manifest_path):
-        raise ValueError(f"prepared dataset {path}: no {MANIFEST_FILE}; prepare the prompts with "
-                         f"`python -m data.prepare --input <file> --tokenizer <dir> --output {path}` "
-                         "or give a .parquet/.jsonl/.json prompt file")
+        # a different --output: preparing into the folder of the raw files would replace them
+        new = os.path.normpath(path) + "_prepared"
+        raw = sorted(n for n in os.listdir(path) if n.endswith((".parquet", ".jsonl", ".json")))
+        what = f"a folder of raw prompt files ({', '.join(raw[:3])}{', ...' if len(raw) > 3 else ''})" if raw else f"no {MANIFEST_FILE} there"
+        raise ValueError(f"prepared dataset {path}: {what}, not a dataset written by data.prepare; prepare it into a "
+                         f"new folder with `python -m data.prepare --input {path} --tokenizer <dir> --output {new}` "
+                         f"and set data_path={new}, or point data_path at one .parquet/.jsonl/.json prompt file")
     with open(manifest_path, encoding="utf-8") as f:
         manifest = json.load(f)
     if manifest.get("format") != FORMAT:

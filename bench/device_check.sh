@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The prepared GPU-machine run of bench/device_check.py: llama32_1b at full size, bf16, one GPU.
+# One command, sized for the 15 minutes of device time a session gets (machine start included):
+# the device check twice, plain (--fusions off; limit 240 s, expected ~2 min) then with the fused
+# kernels training uses on CUDA (--fusions device, torch.compile included; limit 200 s); the second
+# cannot spoil the first's output. From a session with a GPU (the device tool runs this in a copy of the working tree):
+#
+#   bench/device_check_bundle.sh                                   # here, once: bench/wheels/ (cp312)
+#   run(command="ODPO_GIT_COMMIT=<git rev-parse HEAD> bash bench/device_check.sh",
+#       carry=["bench/wheels"], timeout_s=480)
+#   (only one of the two again, if time is left:  RUNS=fused ODPO_GIT_COMMIT=... bash bench/device_check.sh)
+#
+# then copy $OUT's files to docs/device/ and commit them (README "Device check").
+# Installs the copied wheels into a temporary --target folder (never into the machine's Python).
+# Dry run here on CPU at toy scale (what tests nothing on a GPU, but catches mistakes in this script):
+#   PYVER=3.11 WHEELS=/tmp/w311 bench/device_check_bundle.sh
+#   PYTHON=<a python without megatron/omegaconf> WHEELS=/tmp/w311 DEVICE=cpu SCALE=toy OUT=/tmp/dry bash bench/device_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+WHEELS=${WHEELS:-bench/wheels}
+DEVICE=${DEVICE:-cuda}
+SCALE=${SCALE:-full}
+OUT=${OUT:?set OUT to the output folder (the device tool sets it)}
+mkdir -p "$OUT"
+SITE=$(mktemp -d)
+trap 'rm -rf "$SITE"' EXIT
+
+ls "$WHEELS"/*.whl >/dev/null || { echo "no wheels in $WHEELS: run bench/device_check_bundle.sh and carry it" >&2; exit 2; }
+if "$PY" -m pip --version >/dev/null 2>&1; then
+  "$PY" -m pip install -q --disable-pip-version-check --no-deps --no-index --target "$SITE" "$WHEELS"/*.whl || exit 2
+else  # no pip: a wheel is a zip archive laid out for site-packages
+  "$PY" -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]' "$SITE" "$WHEELS"/*.whl || exit 2
+fi
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+
+{
+  date -u
+  nvidia-smi 2>&1 || true
+  "$PY" -c 'import sys, torch, megatron.core, omegaconf; print(sys.version); print("torch", torch.__version__, "cuda", torch.version.cuda); print("megatron-core", megatron.core.__version__, "omegaconf", omegaconf.__version__)'
+} > "$OUT/environment.txt" 2>&1
+cat "$OUT/environment.txt"
+
+# 1. plain (the record); 2. with the device's fused kernels (as training runs on CUDA).
+# RUNS="plain" (or "fused") reruns one of them; each has its own time limit, so a slow second run
+# cannot cost the first its output.
+RUNS=${RUNS:-plain fused}
+rc_all=0
+for run in $RUNS; do
+  case $run in
+    plain) fusions=off; limit=240; name=device_check ;;
+    fused) fusions=device; limit=200; name=device_check_fused ;;
+    *) echo "RUNS: unknown run '$run' (plain, fused)" >&2; exit 2 ;;
+  esac
+  timeout "$limit" "$PY" bench/device_check.py --device "$DEVICE" --scale "$SCALE" --fusions "$fusions" \
+    --out "$OUT/$name.json" 2>&1 | tee "$OUT/$name.log"
+  rc=${PIPESTATUS[0]}
+  echo "device_check $run: exit $rc (124 = timed out after ${limit}s)" | tee -a "$OUT/environment.txt"
+  [ "$rc" -eq 0 ] || rc_all=$rc
+done
+exit "$rc_all"

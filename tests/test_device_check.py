@@ -1,0 +1,59 @@
+"""bench/device_check.py at toy scale on CPU: the engine's pieces (generation, reward, reference,
+one DPO step with Megatron's optimizer, checkpoint save + load) in one process, without Ray, with
+its own checks (step-1 loss ln 2, repeated forward equal, finite loss after the step, checkpoint
+round trip). The same script runs at llama32_1b size in bf16 on a GPU (bench/device_check.sh)."""
+
+import json
+import math
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_device_check_toy_cpu(tmp_path):
+    out = tmp_path / "device_check.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "device_check.py"), "--device", "cpu", "--scale", "toy", "--threads", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["ok"] and all(c["ok"] for c in r["checks"].values())
+    assert abs(r["checks"]["step1_loss_ln2"]["value"] - math.log(2)) < 1e-4
+    assert r["checks"]["loss_after_step_finite"]["value"] < math.log(2)  # lr 1e-3 (cpu_scale): one step lowers it
+    assert r["environment"]["ray_imported"] is False
+    assert r["workload"]["prompts"] * r["workload"]["samples_per_prompt"] == r["generation"]["rows"] == 16
+    assert r["generation"]["generated_tokens"] > 0 and r["generation"]["tokens_per_s"] > 0
+    for phase in ("build", "generate", "reward", "reference", "reference2", "optimizer", "train", "after", "save", "load"):
+        assert r["phases"][phase]["seconds"] >= 0
+    assert r["phases"]["train"]["mfu"] > 0  # against a measured fp32 matmul peak (noisy on a shared CPU: no upper bound)
+    assert r["peak_memory"] > 0
+    assert r["memory_per_role"] is None  # CPU: no allocator counter; accelerators report bytes per role
+
+
+def test_recipe_budget_takes_a_measured_report(tmp_path, capsys):
+    """The budget's "measured by device_check" column: empty without a report, filled from a
+    full-scale report's per-role bytes (a hand-made report here: none has been recorded), and a
+    toy-scale report is refused."""
+    import pytest
+
+    from tools import recipe_budget
+
+    recipe_budget.main(["llama32_1b"])
+    assert "| actor_rollout | 31.92 GiB | 50% | 40% | not measured yet |" in capsys.readouterr().out
+    report = {
+        "tool": "bench/device_check.py", "git": {"commit": "abc"}, "device": {"kind": "cuda", "name": "stand-in GPU"},
+        "workload": {"recipe": "llama32_1b", "scale": "full", "dtype": "bf16", "prompts": 8, "samples_per_prompt": 2,
+                     "micro_batch_pairs": 4, "fusions": {}},
+        "memory_per_role": {"actor_rollout": 30 * 2**30, "rollout": 3 * 2**30, "ref": 5 * 2**30, "reward": 3 * 2**30},
+    }  # fmt: skip
+    path = tmp_path / "measured.json"
+    path.write_text(json.dumps(report))
+    recipe_budget.main(["llama32_1b", "--measured", str(path)])
+    out = capsys.readouterr().out
+    assert "| actor_rollout | 31.92 GiB | 50% | 40% | 30.00 GiB |" in out and "stand-in GPU" in out
+    report["workload"]["scale"] = "toy"
+    path.write_text(json.dumps(report))
+    with pytest.raises(SystemExit, match="toy-scale"):
+        recipe_budget.main(["llama32_1b", "--measured", str(path)])
