@@ -26,7 +26,9 @@ from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer import TransformerConfig
 
 from common.arch import LlamaArch, layout_problem
+from common.attention import SDPAttention
 from common.weight_layout import full_shape, global_names, hf_full_tensor, padded_vocab_size, shard
+
 
 def llama3_inv_freq(arch: LlamaArch) -> torch.Tensor:
     """RoPE inverse frequencies [head_dim/2], with Llama-3 scaling when configured.
@@ -106,11 +108,18 @@ def _transformer_config(arch: LlamaArch, dtype: torch.dtype) -> TransformerConfi
     )
 
 
+def _layer_spec():
+    """Megatron's local (no Transformer Engine) Llama layer, with fused SDPA as core attention."""
+    spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec.submodules.self_attention.submodules.core_attention = SDPAttention
+    return spec
+
+
 def _gpt(arch: LlamaArch, dtype: torch.dtype, *, tie: bool) -> GPTModel:
     config = _transformer_config(arch, dtype)
     model = GPTModel(
         config=config,
-        transformer_layer_spec=get_gpt_layer_local_spec(normalization="RMSNorm"),
+        transformer_layer_spec=_layer_spec(),
         vocab_size=padded_vocab_size(arch.vocab_size, config.tensor_model_parallel_size),
         max_sequence_length=arch.max_position_embeddings,
         pre_process=parallel_state.is_pipeline_first_stage(),

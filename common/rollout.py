@@ -144,7 +144,11 @@ def metrics_row(
     # per response token, comparable with its ceiling ln(vocab) (a uniform policy; common/health.py)
     tokens = sum(len(s.response_ids) for row, c, r in zip(rollout.seqs_PN, pairs.chosen_P, pairs.rejected_P) for s in (row[int(c)], row[int(r)]))
     entropy_per_token = -(sum(trained.policy_chosen) + sum(trained.policy_rejected)) / max(tokens, 1)
+    counts = {  # for throughput figures (bench/vs_trl.py): tokens sampled, and prompt tokens, this iteration
+        "rollout/response_tokens": sum(len(s.response_ids) for row in rollout.seqs_PN for s in row),
+        "rollout/prompt_tokens": sum(len(s.prompt_ids) for row in rollout.seqs_PN for s in row),
+    }
     return {
         "step": step, **metrics, "objective/entropy_per_token": entropy_per_token,
-        "grad_norm": trained.grad_norm, "learning_rate": trained.learning_rate,
+        "grad_norm": trained.grad_norm, "learning_rate": trained.learning_rate, **counts,
     }  # fmt: skip

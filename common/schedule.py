@@ -15,7 +15,7 @@ from megatron.core.enums import ModelType
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from common import parallel
-from common.logprobs import logprob_inputs
+from common.logprobs import output_rows, scatter_logps, selected_targets
 from common.sequences import PaddedBatch
 
 # loss_fn(batch, output) -> (loss scalar, dict of detached values); output is the last stage's
@@ -41,9 +41,10 @@ def run_microbatches(model, batches: list[PaddedBatch], loss_fn: LossFn, *, forw
     """Run ``batches`` as the micro-batches of one step; returns each micro-batch's dict (last
     pipeline stage only; other stages get ``[]``).
 
-    ``output="logps"``: the model is a policy and ``loss_fn`` gets per-token log-probs ``[B, T-1]``
-    (vocab-parallel cross entropy: full-vocabulary logits are never gathered). ``output="scores"``:
-    a reward model, ``loss_fn`` gets per-position scores ``[B, T]``.
+    ``output="logps"``: the model is a policy and ``loss_fn`` gets per-token log-probs ``[B, T-1]``,
+    computed at the response positions only (``batch.response_BT1``; 0 elsewhere) with Megatron's
+    vocab-parallel cross entropy: no logits for prompt positions, none gathered across TP ranks.
+    ``output="scores"``: a reward model, ``loss_fn`` gets per-position scores ``[B, T]``.
     """
     if parallel.pipeline_parallel_size() > 1:
         T = max(b.ids_BT.shape[1] for b in batches)
@@ -53,14 +54,24 @@ def run_microbatches(model, batches: list[PaddedBatch], loss_fn: LossFn, *, forw
     else:
         T = max(b.ids_BT.shape[1] for b in batches)
 
+    core = model.module if hasattr(model, "module") else model  # unwrap Megatron DDP
+
     def step(data_iterator, model):
         b = next(data_iterator)
-        position_ids_BT, mask, labels_BT = logprob_inputs(b.ids_BT, b.valid_BT)
+        B, T = b.ids_BT.shape
+        position_ids_BT = torch.arange(T, device=b.ids_BT.device).expand(B, T)
+        # No mask: rows are right-padded, so plain causal attention already keeps padding out of
+        # every real position (padded positions' outputs are never read), and the fused causal
+        # kernel (common/attention.py) needs no [B, 1, T, T] mask built, stored or read.
+        mask = None
         if output == "logps":
-            out = model(b.ids_BT, position_ids_BT, mask, labels=labels_BT)  # -log p(labels) [B, T]
+            # the output layer and cross entropy run on the response positions only (logprobs.py)
+            rows_N, labels_1N = selected_targets(b.ids_BT, b.response_BT1)
+            with output_rows(core, rows_N):
+                out = model(b.ids_BT, position_ids_BT, mask, labels=labels_1N)  # -log p(labels) [1, N]
 
-            def loss_func(nll_BT):
-                return loss_fn(b, -nll_BT[:, :-1].float())
+            def loss_func(nll_1N):
+                return loss_fn(b, scatter_logps(-nll_1N[0].float(), b.response_BT1))
         else:
             out = model(b.ids_BT, position_ids_BT, mask)
 
@@ -70,7 +81,6 @@ def run_microbatches(model, batches: list[PaddedBatch], loss_fn: LossFn, *, forw
         return out, loss_func
 
     # Megatron's schedules read `model_type` (set by Megatron's own model builder, not by ours)
-    core = model.module if hasattr(model, "module") else model
     if getattr(core, "model_type", None) is None:
         core.model_type = ModelType.encoder_or_decoder
     return get_forward_backward_func()(

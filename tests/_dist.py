@@ -7,11 +7,13 @@ traceback instead of leaving the other ranks hanging in a collective.
 
 from __future__ import annotations
 
+import io
 import queue
 import socket
 import time
 import traceback
 
+import torch
 import torch.multiprocessing as mp
 
 
@@ -38,7 +40,12 @@ def _entry(rank, world_size, port, tp, pp, fn, args, results):
 
     try:
         init_world(rank, world_size, port, tp, pp, threads=1)
-        results.put((rank, True, fn(*args)))
+        # As bytes, not as tensors: a queued tensor travels as a file descriptor this process must
+        # still hold when the parent reads it; on a loaded machine the rank had often exited by
+        # then ("ConnectionResetError: Connection reset by peer" in the parent).
+        buf = io.BytesIO()
+        torch.save(fn(*args), buf)
+        results.put((rank, True, buf.getvalue()))
     except BaseException:  # report any failure to the parent, which raises it
         results.put((rank, False, traceback.format_exc()))
     finally:
@@ -78,7 +85,7 @@ def run_world(fn, *args, world_size: int, tp: int, pp: int = 1, timeout: float =
                         raise TimeoutError(f"world of {world_size} ranks did not finish in {timeout}s")
             if not ok:
                 raise RuntimeError(f"rank {rank} failed:\n{payload}")
-            out[rank] = payload
+            out[rank] = torch.load(io.BytesIO(payload), weights_only=False)
     finally:
         for proc in procs:
             proc.join(timeout=10)
