@@ -344,6 +344,8 @@ def validate(cfg: DictConfig) -> None:
             raise ValueError(f"{key}={OmegaConf.select(cfg, key)}: must be >= 1 (prompts per forward/backward)")
     positive("actor_rollout_ref.actor_rollout.lr", actor.lr)
     positive("training.train_iters", t.train_iters)
+    if t.seed < 0:
+        raise ValueError(f"training.seed={t.seed}: must be >= 0")
     positive("training.global_batch_size", t.global_batch_size)
     positive("actor_rollout_ref.actor_rollout.temperature", actor.temperature)
     positive("actor_rollout_ref.actor_rollout.max_prompt_length", actor.max_prompt_length)

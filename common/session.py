@@ -124,6 +124,7 @@ def _open(recipe_dir: Path, args: Args, get_files: dict[str, str]) -> Session:
     if not resume:
         check_out(args.out)
     check_files(cfg, get_files)
+    reward_fn = load_reward_function(cfg.reward.function) if cfg.reward.function else None  # imported and called once
     device = resolve_device(t.device)
     device.compute_dtype(t.dtype)  # e.g. bf16 on a machine that resolved to CPU: fails here, not in a worker
     tok = load_tokenizer(t.tokenizer_name_or_path)
@@ -136,7 +137,6 @@ def _open(recipe_dir: Path, args: Args, get_files: dict[str, str]) -> Session:
         first_step = resume.state["step"] + 1
     n, new_tokens = actor_cfg.n_samples_per_prompt, max_new_tokens(cfg)
     fixed = fixed_response_ids(actor_cfg.fixed_responses, tok, raw_prompts, n, new_tokens) if actor_cfg.fixed_responses else None
-    reward_fn = load_reward_function(cfg.reward.function) if cfg.reward.function else None
 
     run_dir = resume.run_dir if resume else new_run_dir(recipe_dir.name, args.out)
     if resume:  # rows of iterations after the checkpoint came from the run that stopped (all checked above)
