@@ -218,6 +218,9 @@ CASES = [
          "unknown key(s) answer", prompt_file),
     Case("seed_negative", "clear", "a negative seed", _r("training.seed=-1"), "seed=-1"),
     Case("unknown_recipe", "clear", "an unknown recipe", "./run.sh nope", "unknown recipe 'nope'", via="shell"),
+    Case("value_wrong_type", "clear", "a value of the wrong type", _r("training.train_iters=abc"), "could not be converted to Integer"),
+    Case("overlay_bad_yaml", "clear", "an overlay that is not valid YAML", _r("--overlay {w}/bad.yaml"), "bad.yaml: not valid YAML",
+         lambda w: _write(w / "bad.yaml", "training:\n  train_iters: [1\n")),
     Case("override_no_equals", "clear", "an override without `=`", _r("training.train_iters"), "not key=value"),
 ]
 
