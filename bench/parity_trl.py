@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from common.fixed_responses import fixed_response_ids  # noqa: E402
+from common import jsonl  # noqa: E402
 from common.outputs import read_jsonl  # noqa: E402
 from common.messages import prompt_text  # noqa: E402
 from common.tokenizer import load_tokenizer, render_prompt_ids  # noqa: E402
@@ -165,15 +166,11 @@ def make_assets(root: Path, s: Settings) -> dict[str, Path]:
         reward.score.weight.normal_(0.0, 0.5)
     reward.save_pretrained(paths["reward"])
 
-    raw = [json.loads(line)["prompt"] for line in (ROOT / "data" / "prompts" / "tiny_prompts.jsonl").read_text().splitlines()]
+    raw = [row["prompt"] for row in jsonl.read_all(ROOT / "data" / "prompts" / "tiny_prompts.jsonl")]
     raw = raw[: s.num_prompts]
     rng = random.Random(s.seed)
-    with open(paths["prompts"], "w") as f:
-        for p in raw:
-            f.write(json.dumps({"prompt": p}) + "\n")
-    with open(paths["fixed"], "w") as f:
-        for p in raw:
-            f.write(json.dumps({"prompt": prompt_text(p), "responses": [_response(rng), _response(rng)]}) + "\n")
+    jsonl.write(paths["prompts"], ({"prompt": p} for p in raw))
+    jsonl.write(paths["fixed"], ({"prompt": prompt_text(p), "responses": [_response(rng), _response(rng)]} for p in raw))
     return paths
 
 
@@ -191,7 +188,7 @@ def run_trl(paths: dict[str, Path], s: Settings, loss_type: str, workdir: Path) 
     from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
     tok = load_tokenizer(str(TOKENIZER))
-    raw = [json.loads(line)["prompt"] for line in paths["prompts"].read_text().splitlines()]
+    raw = [row["prompt"] for row in jsonl.read_all(paths["prompts"])]
     ids = fixed_response_ids(str(paths["fixed"]), tok, raw, 2, 10_000)  # exactly what run.sh uses
     fixed = {prompt_text(p): r for p, r in zip(raw, ids)}
     our_prompt_ids = {prompt_text(p): render_prompt_ids(tok, p) for p in raw}

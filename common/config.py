@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, List, Optional
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from common.arch import LlamaArch, check_arch, layout_problem
@@ -213,16 +214,23 @@ def check_known_keys(node: Any, source: str) -> None:
         raise ValueError(f"config key '{key}' (from {source}): unknown key; {hint}")
 
 
+def _load_yaml(path: str | Path) -> DictConfig:
+    try:
+        return OmegaConf.load(path)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({' '.join(str(e).split())}); fix the file") from None
+
+
 def load_config(recipe_yaml: str | Path, overrides: list[str] = (), overlay: str | Path | None = None) -> DictConfig:
     """Load a recipe's frozen config, merge an overlay file (e.g. the recipe's ``cpu_scale.yaml``)
     and the dotlist overrides over it, resolve roles, validate."""
     recipe_yaml = Path(recipe_yaml)
     if not recipe_yaml.is_file():
         raise ValueError(f"recipe config {recipe_yaml}: file not found; pass a recipe folder under recipes/")
-    user = OmegaConf.load(recipe_yaml)
+    user = _load_yaml(recipe_yaml)
     check_known_keys(user, str(recipe_yaml))
     if overlay is not None:
-        extra = OmegaConf.load(overlay)
+        extra = _load_yaml(overlay)
         check_known_keys(extra, str(overlay))
         user = OmegaConf.merge(user, extra)
     for item in overrides:
@@ -370,6 +378,8 @@ def validate(cfg: DictConfig) -> None:
             raise ValueError(f"{key}={OmegaConf.select(cfg, key)}: must be >= 1 (prompts per forward/backward)")
     positive("actor_rollout_ref.actor_rollout.lr", actor.lr)
     positive("training.train_iters", t.train_iters)
+    if t.seed < 0:
+        raise ValueError(f"training.seed={t.seed}: must be >= 0")
     positive("training.global_batch_size", t.global_batch_size)
     positive("actor_rollout_ref.actor_rollout.temperature", actor.temperature)
     positive("actor_rollout_ref.actor_rollout.max_prompt_length", actor.max_prompt_length)

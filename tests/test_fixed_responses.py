@@ -1,11 +1,10 @@
 """fixed_responses: stored responses replace generation, checked before Ray starts."""
 
-import json
-
 import pytest
 
-from common.outputs import read_jsonl
+from common import jsonl
 from common.messages import prompt_text
+from common.outputs import read_jsonl
 from common.prompts import read_prompts
 from conftest import ROOT, run_recipe
 
@@ -16,10 +15,8 @@ def write_fixed(path, per_prompt=2, skip_last=False):
     prompts = [prompt_text(p) for p in read_prompts(str(PROMPTS))]
     if skip_last:
         prompts = prompts[:-1]
-    with open(path, "w") as f:
-        for i, p in enumerate(prompts):
-            responses = [f"Answer {j} to prompt {i}: sure, here it is." for j in range(per_prompt)]
-            f.write(json.dumps({"prompt": p, "responses": responses}) + "\n")
+    jsonl.write(path, ({"prompt": p, "responses": [f"Answer {j} to prompt {i}: sure, here it is." for j in range(per_prompt)]}
+                       for i, p in enumerate(prompts)))
     return prompts
 
 

@@ -11,6 +11,10 @@ num_labels=1 -> reward model (its `score` head is our ScalarHead). Tensors keep 
 TP/PP, so --tp/--pp here only choose the fast path (a direct shard copy). Runs in one process on
 CPU, no torch.distributed; peak memory is about two pipeline stages' weights.
 
+--out is a new or empty folder, or this command's own earlier output of the same kind, which is
+replaced (a checkpoint: meta.json + arch.json; an HF export: odpo_export.json); it is never an
+input, inside one or around one. Every error is one `convert_checkpoint: error: ...` line, exit 2.
+
 Examples (Llama-3.2-1B: 8 KV heads, 16 layers; Llama-3-8B: 8 KV heads, 32 layers):
 
     python -m tools.convert_checkpoint hf-to-mcore --hf models/Llama-3.2-1B-Instruct --out ckpt/llama32_1b_tp4 --tp 4 --pp 1
