@@ -212,3 +212,27 @@ def test_nodes_with_dead_ray_address(tmp_path):
     assert proc.returncode == 1
     assert "RAY_ADDRESS=127.0.0.1:1: nothing answers" in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- library noise
+
+
+def test_library_noise_is_filtered_and_the_rest_shows(caplog):
+    import logging
+    import warnings
+
+    from common.quiet import RAY_AUTH_LOGGER, filter_library_warnings, quiet_private_ray
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        filter_library_warnings()
+        warnings.warn("Transformer Engine and Apex are not installed. Falling back to Torch optimizers.", UserWarning)
+        warnings.warn("something the user must fix", UserWarning)
+    assert [str(w.message) for w in seen] == ["something the user must fix"]
+
+    quiet_private_ray()
+    logger = logging.getLogger(RAY_AUTH_LOGGER)
+    with caplog.at_level(logging.WARNING, logger=RAY_AUTH_LOGGER):
+        logger.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.")
+        logger.warning("Token authentication is disabled for this Ray cluster. Anyone with network access ...")
+    assert [r.getMessage()[:40] for r in caplog.records] == ["Token authentication is disabled for thi"]
