@@ -8,6 +8,7 @@ from collections import Counter
 
 import ray
 from omegaconf import DictConfig, OmegaConf
+from ray.exceptions import AuthenticationError
 
 from common.config import PROJECT_ROOT, role_devices, roles_in_use
 from common.device import Device
@@ -58,7 +59,16 @@ def start_ray(nodes: int, worker_env: dict[str, str] | None = None) -> None:
         # address="local": always a private instance, never an unrelated cluster running on this machine
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="warning", runtime_env=runtime_env)
     else:
-        ray.init(address=cluster_address(), logging_level="warning", runtime_env=runtime_env)
+        address = cluster_address()
+        try:
+            ray.init(address=address, logging_level="warning", runtime_env=runtime_env)
+        except AuthenticationError:
+            raise ValueError(
+                f"Ray cluster at {address}: refused this driver's authentication token; copy ~/.ray/auth_token "
+                "from the head node (or export RAY_AUTH_TOKEN) and set RAY_AUTH_MODE=token (README: Placement and several nodes)"
+            ) from None
+        except ConnectionError as e:
+            raise ValueError(f"Ray cluster at {address}: could not join it ({e}); " + NO_CLUSTER) from None
 
 
 def device_resource(cfg: DictConfig, device: Device) -> str | None:

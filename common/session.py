@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import ray
 from omegaconf import DictConfig
 from tqdm import tqdm
 
@@ -133,6 +134,7 @@ class Session:
         self.bar.close()
         self._writer.close()
         plot_loss(self.run_dir, self._expected)
+        ray.shutdown()  # now, not at exit: the workers go, and nothing of Ray's prints after the message
         ckpt = checkpoint.latest(self.run_dir)
         lines = [f"error: iteration {step}: {what}."]
         if ckpt is None:

@@ -3,6 +3,8 @@
 One placement group per role (``resource_pool.<role>`` bundles, one device each, each pinned to
 the node the placement plan gave its rank: common/placement.py). A ``WorkerGroup`` starts one long-lived worker per rank, forms the role's
 torch.distributed world, and dispatches coarse calls: each data-parallel rank gets its own slice.
+Every wait also watches the other roles (``get_or_fail_fast``), so a lost worker stops the driver in
+seconds, and ``restart`` replaces a role's workers on the same bundles (``training.max_restarts``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,28 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from common.placement import NODE_ID_LABEL, Node
 from common.sequences import split
+
+
+POLL_S = 2.0  # how often a wait on one role checks that the other roles' workers are alive
+
+
+def get_or_fail_fast(refs: list, groups: list["WorkerGroup"], busy: "WorkerGroup") -> list:
+    """``ray.get(refs)``, but a lost worker of any role fails it within ``POLL_S`` seconds instead of
+    when its role is next called (the driver calls one role at a time, so the others sit idle: a
+    ping answers at once, or raises ``ActorDiedError``); a rank that fails raises at once even while
+    the other ranks of its world still wait for it in a collective."""
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_S)
+        ray.get(done)  # raises now if one of them failed
+        if pending:
+            pings = [w.__ray_ready__.remote() for g in groups if g is not busy for w in g.workers]
+            answered, _ = ray.wait(pings, num_returns=len(pings), timeout=POLL_S / 4)
+            ray.get(answered)
+    return ray.get(refs)
+
+
+GROUPS: list["WorkerGroup"] = []  # every role of this driver (get_or_fail_fast watches them all)
 
 
 class WorkerGroup:
@@ -32,6 +56,7 @@ class WorkerGroup:
         self._spawn = (ray.remote(worker_cls), cfg, device_resource, cpus_per_rank, num_threads)
         self.restarts = 0
         self._start()
+        GROUPS.append(self)
 
     def _start(self) -> None:
         """One worker per bundle; the world forms and the models build in the background (``ready``)."""
@@ -53,7 +78,7 @@ class WorkerGroup:
 
     def ready(self) -> "WorkerGroup":
         """Wait until every rank has formed the world and built its model."""
-        self.layouts = ray.get(self._pending)
+        self.layouts = get_or_fail_fast(self._pending, [], self)  # the other roles are building too: no pings
         self.dp_size = self.layouts[0]["dp_size"]
         return self
 
@@ -71,7 +96,7 @@ class WorkerGroup:
         return ids.index(actor_id) if actor_id in ids else None
 
     def call_all(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
-        return ray.get([getattr(w, method).remote(*args, **kwargs) for w in self.workers])
+        return get_or_fail_fast([getattr(w, method).remote(*args, **kwargs) for w in self.workers], GROUPS, self)
 
     def run_sharded(self, method: str, items: list, *args: Any, **kwargs: Any) -> list[Any]:
         """Call ``method(slice, ...)`` with each data-parallel rank's contiguous slice of ``items``;
@@ -80,7 +105,7 @@ class WorkerGroup:
 
     def run_per_dp(self, method: str, shards: list, *args: Any, **kwargs: Any) -> list[Any]:
         refs = [getattr(w, method).remote(shards[lay["dp_rank"]], *args, **kwargs) for w, lay in zip(self.workers, self.layouts)]
-        results = ray.get(refs)
+        results = get_or_fail_fast(refs, GROUPS, self)
         by_dp = {lay["dp_rank"]: r for lay, r in zip(self.layouts, results) if lay["is_output"]}
         return [by_dp[d] for d in range(self.dp_size)]
 
