@@ -143,7 +143,7 @@ def _open(recipe_dir: Path, args: Args, get_files: dict[str, str]) -> Session:
     if resume:  # rows of iterations after the checkpoint came from the run that stopped
         checkpoint.truncate_jsonl(run_dir / "metrics.jsonl", first_step - 1)
         checkpoint.truncate_jsonl(run_dir / "rollouts.jsonl", first_step - 1)
-    writer = RunWriter(run_dir, cfg)
+    writer = RunWriter(run_dir, cfg, first_step)
     if not resume:
         writer.json("command.json", {"recipe": recipe_dir.name, "overlay": overlay, "nodes": args.nodes, "overrides": args.overrides})
     print(f"run folder: {run_dir}  ({len(prompt_ids)} prompts, {dropped} dropped as too long)", flush=True)
