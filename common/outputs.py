@@ -65,14 +65,14 @@ def new_run_dir(recipe: str, out: str | None) -> Path:
 
 
 class RunWriter:
-    def __init__(self, run_dir: Path, cfg: DictConfig):
+    def __init__(self, run_dir: Path, cfg: DictConfig, first_step: int = 1):
         self.dir = run_dir
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
         self._metrics = jsonl.Appender(run_dir / "metrics.jsonl")
         self._rollouts = jsonl.Appender(run_dir / "rollouts.jsonl")
         from common.tensorboard_log import TensorBoardLog
 
-        self._tensorboard = TensorBoardLog(run_dir)  # the same rows as event files (common/tensorboard_log.py)
+        self._tensorboard = TensorBoardLog(run_dir, first_step)  # the same rows as event files (common/tensorboard_log.py)
 
     def metrics(self, row: dict) -> None:
         missing = [k for k in REQUIRED_METRICS if k not in row]

@@ -274,7 +274,7 @@ def _open(recipe_dir: Path, args: Args, get_files: dict[str, str], stop: StopSig
     run_dir = resume.run_dir if resume else new_run_dir(recipe_dir.name, args.out)
     if resume:  # rows of iterations after the checkpoint came from the run that stopped (all checked above)
         resume.truncate_logs()
-    writer = RunWriter(run_dir, cfg)
+    writer = RunWriter(run_dir, cfg, first_step)
     if not resume:
         writer.json("command.json", {"recipe": recipe_dir.name, "overlay": overlay, "nodes": args.nodes, "overrides": args.overrides})
     print(f"run folder: {run_dir}  ({len(prompt_ids)} prompts, {dropped} dropped as too long)", flush=True)

@@ -15,10 +15,13 @@ from pathlib import Path
 
 
 class TensorBoardLog:
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, first_step: int = 1):
         from torch.utils.tensorboard import SummaryWriter
 
-        self._writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"), flush_secs=10)
+        # a resumed run (--resume) re-runs the iterations after its checkpoint: purge_step makes
+        # TensorBoard drop the stopped run's events from that step on, as metrics.jsonl drops its rows
+        purge = first_step if first_step > 1 else None
+        self._writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"), flush_secs=10, purge_step=purge)
 
     def row(self, row: dict) -> None:
         step = int(row["step"])
