@@ -3,7 +3,6 @@ engine, not the reverse), and no module of `common`/`data` imports itself back t
 even through an import inside a function."""
 
 import ast
-from pathlib import Path
 
 from conftest import ROOT
 

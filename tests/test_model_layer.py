@@ -8,7 +8,6 @@ world that computes the same scenario, and the tests compare the two.
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
