@@ -45,7 +45,7 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # the GPU machine runs it from a bare copy of the tree, with no install of the project
 
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402

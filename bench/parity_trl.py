@@ -45,16 +45,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
+from common import jsonl
+from common.fixed_responses import fixed_response_ids
+from common.messages import prompt_text
+from common.outputs import read_jsonl
+from common.tokenizer import load_tokenizer, render_prompt_ids
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from common.fixed_responses import fixed_response_ids  # noqa: E402
-from common import jsonl  # noqa: E402
-from common.outputs import read_jsonl  # noqa: E402
-from common.messages import prompt_text  # noqa: E402
-from common.tokenizer import load_tokenizer, render_prompt_ids  # noqa: E402
 
 TOKENIZER = ROOT / "assets" / "llama3_tokenizer"
 # compared per step; objective/kl and objective/entropy are not: TRL sums them over padding too

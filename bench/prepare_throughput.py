@@ -37,11 +37,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+from common.prepared import open_table  # noqa: E402  (after HF_DATASETS_OFFLINE is set)
 from common.tokenizer import load_tokenizer  # noqa: E402
-from common.prepared import open_table  # noqa: E402
 from data.prepare import Settings, prepare  # noqa: E402
 
 SHARED = Path("/work/shared/datasets")

@@ -16,10 +16,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common.outputs import read_jsonl
 
-from common.outputs import read_jsonl  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 PHASES = ("sync", "generate", "reward", "reference", "train", "save")
 

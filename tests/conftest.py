@@ -1,14 +1,13 @@
-"""Shared test set-up: repository root on sys.path, local-only Ray, tiny-recipe runs."""
+"""Shared test set-up: local-only Ray, tiny-recipe runs. (The project is installed by setup.sh;
+pytest.ini puts the repository root on the path for `tests._dist`.)"""
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 # Throwaway local Ray clusters in tests only; the project default keeps Ray's token auth.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 

@@ -237,7 +237,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: the run's training.seed)")
     p.add_argument("--show", type=int, default=3, help="before/after samples to print")
     args = p.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
     try:
         result = evaluate(args.run.resolve(), args.prompts, args.reward, args.n, args.batch_size, args.seed)
     except ValueError as e:

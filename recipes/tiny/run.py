@@ -13,14 +13,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from common.config import data_parallel_size  # noqa: E402
-from common.outputs import PhaseTimer  # noqa: E402
-from common.pairs import select_pairs  # noqa: E402
-from common.rollout import Rollout, metrics_row, reference_logps, sampling_requests, score, sync_weights, train_on_pairs  # noqa: E402
-from common.session import open_session  # noqa: E402
+from common.config import data_parallel_size
+from common.outputs import PhaseTimer
+from common.pairs import select_pairs
+from common.rollout import Rollout, metrics_row, reference_logps, sampling_requests, score, sync_weights, train_on_pairs
+from common.session import open_session
 
 RECIPE_DIR = Path(__file__).resolve().parent
 
