@@ -15,7 +15,6 @@ from conftest import ROOT
 from tools.bad_inputs import CASES, table
 
 RUN = [c for c in CASES if not c.pending]
-SECONDS = 120  # per case, generous for a shared 2-core machine; an idle one needs a few seconds at most
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +36,6 @@ def test_bad_input_is_refused_clearly(results, case):
     assert expect in r["output"], r["output"][-2000:]
     assert "Traceback" not in r["output"] and "reached Ray start" not in r["output"], r["output"][-3000:]
     assert r["changed"] == [], f"files created or changed: {r['changed']}"
-    assert r["seconds"] < SECONDS
 
 
 def test_the_table_lists_every_case_with_its_message(results):
