@@ -137,9 +137,11 @@ CASES = [
     Case("actor_pool_neg", "unclear", "`resource_pool.actor_rollout=-2`", _r("resource_pool.actor_rollout=-2"),
          "resource_pool.actor_rollout=-2: must be >= 1"),
     Case("nodes_other_ray", "unclear", "`--nodes 2` while another private Ray instance runs on the machine", _r("--nodes 2"),
-         "", pending="the run-failure half of issue 12 (cluster joining)"),
+         "", pending="needs a live Ray instance: run by tests/test_run_endings.py (test_nodes_without_cluster_says_how_to_start_one): "
+         "\"no Ray cluster found; start one with `ray start --head ...` or set RAY_ADDRESS\", no run folder"),
     Case("nodes_no_ray", "unclear", "`--nodes 2`, no Ray running", _r("--nodes 2"),
-         "", pending="the run-failure half of issue 12 (cluster joining)"),
+         "", pending="run by tests/test_run_endings.py (test_nodes_without_cluster_says_how_to_start_one, "
+         "test_nodes_with_dead_ray_address): \"no Ray cluster found; ...\" / \"RAY_ADDRESS=...: nothing answers at ...\", no run folder"),
     Case("out_proc", "unclear", "`--out /proc/x`", _r("--out /proc/odpo_x"), "cannot create --out /proc/odpo_x"),
     Case("out_sys", "unclear", "`--out /sys/x`", _r("--out /sys/odpo_x"), "cannot create --out /sys/odpo_x"),
     Case("out_read_only", "unclear", "`--out` on a read-only mount",
