@@ -52,6 +52,7 @@ def environment() -> dict:
         "python": platform.python_version(),
         "packages": {p: version(p) for p in ("torch", "megatron-core", "ray", "transformers", "numpy")},
         "cpu": cpu,
+        "cpu_kernels": __import__("torch").backends.cpu.get_cpu_capability(),  # what ATen picks here (e.g. AVX512)
         "cores": __import__("os").cpu_count(),
         "git_commit": commit,
         "recorded_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
