@@ -93,7 +93,7 @@ def main() -> int:
                     summed_response_logps(-policy(b.ids_BT, pos_BT, mask, labels=labels_BT)[:, :-1], b).mean().backward()
             else:
                 generate(policy, [s.prompt_ids for s in seqs], max_new_tokens=w.NEW_TOKENS, temperature=w.TEMPERATURE, top_k=0,
-                         top_p=1.0, eos_token_ids=[128009], generator=torch.Generator().manual_seed(0))  # fmt: skip
+                         top_p=1.0, eos_token_ids=[128009], sample_keys=list(range(len(seqs))))  # fmt: skip
 
         for name in args.phases:
             best = {v: float("inf") for v in models}

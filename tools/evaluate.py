@@ -102,13 +102,16 @@ def _reward_model_scorer(cfg, dtype, device):
 @torch.no_grad()
 def _sample(model, prompts_ids, cfg, new_tokens, eos_ids, seed, batch_size):
     from common.generation import generate
+    from common.sampling import sample_key
 
     a = cfg.actor_rollout_ref.actor_rollout
+    # prompt i draws with the same key under both policies: the comparison is paired
+    keys = [sample_key(seed, i) for i in range(len(prompts_ids))]
     out = []
     for start in range(0, len(prompts_ids), batch_size):
         out += generate(
             model, prompts_ids[start : start + batch_size], max_new_tokens=new_tokens, temperature=a.temperature,
-            top_k=a.top_k, top_p=a.top_p, eos_token_ids=eos_ids, generator=torch.Generator().manual_seed(seed + start),
+            top_k=a.top_k, top_p=a.top_p, eos_token_ids=eos_ids, sample_keys=keys[start : start + batch_size],
         )  # fmt: skip
     return out
 
