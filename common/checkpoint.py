@@ -22,27 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import jsonl
+from common.atomic_files import publish_dir, write_text
 
 KEEP = 2  # complete checkpoints kept; older ones are removed after a new one is published
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new file in ``path`` durable (POSIX: fsync the folder)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def begin(run_dir: Path, step: int) -> Path:
@@ -55,12 +37,10 @@ def begin(run_dir: Path, step: int) -> Path:
 
 def commit(tmp: Path, driver_state: dict) -> Path:
     """Publish a checkpoint whose workers' files are written: driver state, rename, ``latest``."""
-    write_atomic(tmp / "driver.json", json.dumps(driver_state, indent=1) + "\n")
+    write_text(tmp / "driver.json", json.dumps(driver_state, indent=1) + "\n")
     final = tmp.with_name(tmp.name[: -len(".tmp")])
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    fsync_dir(final.parent)
-    write_atomic(final.parent / "latest", final.name + "\n")
+    publish_dir(tmp, final, may_replace=lambda _: None)  # an older copy of the same iteration (a restart) is ours
+    write_text(final.parent / "latest", final.name + "\n")
     complete = sorted(p for p in final.parent.glob("iter_*") if not p.name.endswith(".tmp"))
     for old in complete[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from common import jsonl
+from common.atomic_files import write_text
 from common.jsonl import read_all as read_jsonl  # noqa: F401  (run files are read with the one JSONL reader)
 
 REQUIRED_METRICS = (
@@ -67,7 +68,7 @@ def new_run_dir(recipe: str, out: str | None) -> Path:
 class RunWriter:
     def __init__(self, run_dir: Path, cfg: DictConfig, first_step: int = 1):
         self.dir = run_dir
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))  # atomic: --resume reads it
         self._metrics = jsonl.Appender(run_dir / "metrics.jsonl")
         self._rollouts = jsonl.Appender(run_dir / "rollouts.jsonl")
         from common.tensorboard_log import TensorBoardLog
@@ -81,7 +82,7 @@ class RunWriter:
         self._tensorboard.row(row)
 
     def json(self, name: str, obj: dict) -> None:
-        (self.dir / name).write_text(json.dumps(obj, indent=1) + "\n")
+        write_text(self.dir / name, json.dumps(obj, indent=1) + "\n")
 
     def rollouts(self, rows: list[dict]) -> None:
         self._rollouts.write(rows)
@@ -90,6 +91,12 @@ class RunWriter:
         """``warnings.jsonl``: what the driver warned about (e.g. a collapsed policy), one row each."""
         appender = jsonl.Appender(self.dir / "warnings.jsonl")
         appender.write([{"step": step, "warning": text}])
+        appender.close()
+
+    def resumed(self, checkpoint: Path, first_step: int) -> None:
+        """``resumes.jsonl``: one row per ``--resume`` (the checkpoint it restored, the iteration it went on from)."""
+        appender = jsonl.Appender(self.dir / "resumes.jsonl")
+        appender.write([{"checkpoint": str(checkpoint), "first_step": first_step, "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}])
         appender.close()
 
     def rewind(self, last_step: int) -> None:

@@ -285,6 +285,7 @@ def _open(recipe_dir: Path, args: Args, get_files: dict[str, str], stop: StopSig
     writer.json("placement.json", placement_record(plan, {role: g.node_ids() for role, g in roles.items()}, nodes))
     if resume:
         roles["actor_rollout"].call_all("restore", str(resume.checkpoint))
+        writer.resumed(resume.checkpoint, first_step)
         print(f"resumed from {resume.checkpoint} at iteration {first_step}", flush=True)
     return Session(
         recipe=recipe_dir.name, cfg=cfg, tok=tok, eos_ids=stop_token_ids(tok), stream=stream, new_tokens=new_tokens,

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
 
-from common.arch import LlamaArch
+from common.arch import LlamaArch, layout_problem
 
 VOCAB_PAD_MULTIPLE = 128  # Megatron's default make_vocab_size_divisible_by
 
@@ -153,3 +153,48 @@ def hf_full_tensor(name: str, hf: dict, arch: LlamaArch, scalar_head: bool) -> t
         v = get(prefix + "self_attn.v_proj.weight").reshape(groups, -1, hidden)
         return torch.cat([q, k, v], dim=1).reshape(-1, hidden)  # per group [q_g ; k_g ; v_g]
     raise ValueError(f"HF Llama weights: no mapping for Megatron parameter {name!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Which parameters a pipeline stage holds (model-wide names)
+
+
+LAYER_PARAMS = (
+    "input_layernorm.weight",
+    "self_attention.linear_qkv.weight",
+    "self_attention.linear_proj.weight",
+    "pre_mlp_layernorm.weight",
+    "mlp.linear_fc1.weight",
+    "mlp.linear_fc2.weight",
+)
+
+
+def check_layout(arch: LlamaArch, tp: int, pp: int) -> None:
+    problem = layout_problem(arch, tp, pp)
+    if problem:
+        raise ValueError(f"layout: {problem[1]}; use a --{problem[0]} that divides it")
+
+
+def megatron_param_names(arch: LlamaArch, *, reward: bool, pp: int = 1, pp_rank: int = 0) -> list[str]:
+    """Model-wide names of the parameters pipeline stage `pp_rank` of `pp` holds (what
+    `weight_layout.global_names` yields for a model built there). Tied embeddings: the last stage of a
+    pipeline (PP > 1) holds its own copy `output_layer.weight`; with PP = 1 there is none."""
+    check_layout(arch, 1, pp)
+    per_stage = arch.num_layers // pp
+    first, last = pp_rank == 0, pp_rank == pp - 1
+    names = ["embedding.word_embeddings.weight"] if first else []
+    for layer in range(pp_rank * per_stage, (pp_rank + 1) * per_stage):
+        names += [f"decoder.layers.{layer}.{param}" for param in LAYER_PARAMS]
+    if last:
+        names.append("decoder.final_layernorm.weight")
+        if reward or not arch.tie_word_embeddings or not first:
+            names.append("output_layer.weight")
+    return names
+
+
+def full_source_name(name: str, arch: LlamaArch, reward: bool) -> str:
+    """The full-form name a parameter's values come from (a tied output layer's copy at PP > 1
+    is the embedding)."""
+    if name == "output_layer.weight" and not reward and arch.tie_word_embeddings:
+        return "embedding.word_embeddings.weight"
+    return name

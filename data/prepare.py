@@ -28,11 +28,13 @@ import shutil
 import sys
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from common import jsonl
+from common.atomic_files import publish_dir, temp_dir, temp_path
 from common.messages import normalize_prompt
 from common.prepared import FORMAT, IDS_FILE, MANIFEST_FILE, MESSAGE_TYPE, SCHEMA, is_prepared, tokenizer_fingerprint
 from data.encode import ENGINES, TEMPLATES, PromptEncoder
@@ -273,12 +275,10 @@ def prepare(inputs: list[str], output: str, tok, settings: Settings = Settings()
     examples = {"dropped_too_long": [], "truncated": []}
     seen = [{"query": False, "system": False} for _ in files]
     totals = [known_rows(p) for p in files]
-    tmp = f"{output}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        os.makedirs(tmp)
+        tmp = str(temp_dir(output))  # renamed to --output once complete (common/atomic_files.py)
     except OSError as e:
-        raise ValueError(f"--output {output}: cannot create {tmp}: {e.strerror}; pick a writable folder") from None
+        raise ValueError(f"--output {output}: cannot create {temp_path(output)}: {e.strerror}; pick a writable folder") from None
     done = False
     try:
         from tqdm import tqdm
@@ -326,9 +326,7 @@ def prepare(inputs: list[str], output: str, tok, settings: Settings = Settings()
         with open(os.path.join(tmp, MANIFEST_FILE), "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=2, ensure_ascii=False)
             f.write("\n")
-        if os.path.exists(output):
-            shutil.rmtree(output)
-        os.replace(tmp, output)
+        publish_dir(Path(tmp), output, lambda _: check_output(output, inputs, files, overwrite))  # checked again before a replace
         done = True
         return manifest
     finally:

@@ -33,6 +33,16 @@ def tiny_run(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def short_run(tmp_path_factory):
+    """The fast tier's one Ray run, shared: two iterations of the shipped tiny recipe (actor TP=2), a
+    checkpoint after each, and ``--export-hf``. Returns the folder holding ``run/`` and ``hf/``."""
+    root = tmp_path_factory.mktemp("short")
+    proc = run_recipe("tiny", root / "run", "training.train_iters=2", "training.save_interval=1", "--export-hf", str(root / "hf"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return root
+
+
 @pytest.fixture(scope="module")
 def world1():
     """A TP=1 Megatron world in this test process (for tests that build models in-process)."""

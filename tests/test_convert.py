@@ -118,10 +118,8 @@ def _trim(out: torch.Tensor | None) -> torch.Tensor | None:
 def world_scenario(hf_root: str, kinds: tuple, ckpt_out: str) -> dict:
     """On every rank of a TP=2 or PP=2 world: load each HF dir, the TP=1 checkpoints; gather the
     full HF state dicts; save this layout's checkpoints to `ckpt_out/<kind>`."""
-    from common.convert import (
-        arch_from_path, gather_full_state_dict, load_checkpoint_into_model, load_hf_into_model,
-        save_checkpoint,
-    )
+    from common.convert import arch_from_path, gather_full_state_dict, load_checkpoint_into_model, save_checkpoint
+    from common.hf_format import load_hf_into_model
 
     out = {}
     for kind in kinds:
@@ -176,7 +174,7 @@ def _llama32_1b_config() -> dict:
 
 
 def test_arch_from_hf_config_and_back():
-    from common.convert import arch_from_hf_config, hf_config_from_arch
+    from common.hf_format import arch_from_hf_config, hf_config_from_arch
 
     arch = arch_from_hf_config(_llama32_1b_config())
     assert (arch.num_layers, arch.hidden_size, arch.ffn_hidden_size) == (16, 2048, 8192)
@@ -206,7 +204,7 @@ def test_arch_from_hf_config_and_back():
     ({"hidden_act": "gelu"}, "hidden_act"),
 ])
 def test_unsupported_configs_are_refused(change, match):
-    from common.convert import arch_from_hf_config
+    from common.hf_format import arch_from_hf_config
 
     with pytest.raises(ValueError, match=match):
         arch_from_hf_config({**_llama32_1b_config(), **change})
@@ -214,7 +212,7 @@ def test_unsupported_configs_are_refused(change, match):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_full_mapping_round_trip_is_exact(kind):
-    from common.convert import arch_from_hf_config, full_to_hf, hf_to_full
+    from common.hf_format import arch_from_hf_config, full_to_hf, hf_to_full
 
     model = _hf_model(kind)
     cfg = model.config.to_dict()
@@ -232,9 +230,9 @@ def test_offline_reshard_round_trip(kind, tmp_path):
     """full -> TP=2 x PP=2 files -> full, bit-exact; file contents match the layout's names."""
     from safetensors import safe_open
 
-    from common.convert import (
-        CheckpointReader, arch_from_hf_config, hf_to_full, megatron_param_names, write_checkpoint,
-    )
+    from common.convert import CheckpointReader, write_checkpoint
+    from common.hf_format import arch_from_hf_config, hf_to_full
+    from common.weight_layout import megatron_param_names
 
     model = _hf_model(kind)
     cfg = model.config.to_dict()
@@ -258,7 +256,8 @@ def test_offline_reshard_round_trip(kind, tmp_path):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_tp1_hf_load_matches_transformers(hf, world1, kind):
-    from common.convert import arch_from_path, load_hf_into_model, load_into_model
+    from common.convert import arch_from_path, load_into_model
+    from common.hf_format import load_hf_into_model
 
     hf_dir, expected = hf[kind]
     arch, reward = arch_from_path(hf_dir)
@@ -316,7 +315,8 @@ def test_saved_checkpoint_loads_at_tp1(hf, world1, tp2, pp2, layout):
 
 
 def test_load_refuses_wrong_kind_and_arch(hf, world1):
-    from common.convert import arch_from_path, load_checkpoint_into_model, load_hf_into_model
+    from common.convert import arch_from_path, load_checkpoint_into_model
+    from common.hf_format import load_hf_into_model
 
     arch, _ = arch_from_path(hf["untied"][0])
     policy = _build(arch, reward=False)
@@ -403,7 +403,8 @@ def test_exported_actor_loads_and_generates_with_transformers(hf, tp2, tmp_path)
     """A TP=2 model gathered on rank 0 -> save_hf with a tokenizer -> transformers."""
     import transformers
 
-    from common.convert import arch_from_path, hf_config_from_arch, save_hf
+    from common.convert import arch_from_path
+    from common.hf_format import hf_config_from_arch, save_hf
 
     ranks, _ = tp2
     arch, _ = arch_from_path(hf["untied"][0])
@@ -433,7 +434,8 @@ def test_exported_actor_loads_and_generates_with_transformers(hf, tp2, tmp_path)
 
 
 def test_save_hf_refuses_tokenizer_beyond_vocabulary(hf, tmp_path):
-    from common.convert import arch_from_path, hf_config_from_arch, save_hf
+    from common.convert import arch_from_path
+    from common.hf_format import hf_config_from_arch, save_hf
 
     arch, _ = arch_from_path(hf["untied"][0])
     tokenizer_dir = _tiny_tokenizer(tmp_path / "tok")
@@ -448,9 +450,8 @@ def test_save_hf_refuses_tokenizer_beyond_vocabulary(hf, tmp_path):
 def test_smollm2_real_model_round_trip(world1, tmp_path):
     import transformers
 
-    from common.convert import (
-        arch_from_path, export_hf, import_hf, load_checkpoint_into_model, load_hf_into_model, save_hf,
-    )
+    from common.convert import arch_from_path, export_hf, import_hf, load_checkpoint_into_model
+    from common.hf_format import load_hf_into_model, save_hf
     from common.generation import generate
 
     gguf = gguf_path()

@@ -1,6 +1,6 @@
 """``RUN_DIR/final`` after a run, its Hugging Face export, and the TensorBoard event files.
 
-One short ``./run.sh tiny --export-hf DIR`` (2 iterations, actor TP=2): the final checkpoint loads
+One short ``./run.sh tiny --export-hf DIR`` (2 iterations, actor TP=2; conftest's ``short_run``): the final checkpoint loads
 into the project's model (TP=1 here, merged from the 2 shards), the exported folder into
 transformers, and both give the same logits within 1e-4 on a few chat prompts.
 """
@@ -12,17 +12,9 @@ import json
 import pytest
 import torch
 
-from conftest import ROOT, run_recipe
+from conftest import ROOT
 
 PROMPTS = ["What is the capital of France?", "Write a haiku about rain.", "hi"]
-
-
-@pytest.fixture(scope="module")
-def short_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("final")
-    proc = run_recipe("tiny", root / "run", "training.train_iters=2", "--export-hf", str(root / "hf"))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return root
 
 
 def test_final_checkpoint_is_written(short_run):

@@ -38,7 +38,8 @@ def _ids():
 
 
 def _ours(hf_dir, freeze: bool):
-    from common.convert import arch_from_path, load_hf_into_model
+    from common.convert import arch_from_path
+    from common.hf_format import load_hf_into_model
     from common.hf_semantics import pad_token_id, source_hf_config, stop_lookup_gradient
     from common.model import build_policy
 

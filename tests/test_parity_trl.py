@@ -11,7 +11,7 @@ import pytest
 
 from bench.parity_trl import METRICS, TOLERANCES, Settings, compare, make_assets, run_ours, run_trl
 
-pytestmark = pytest.mark.slow  # Ray runs of the tiny recipe (see pytest.ini)
+pytestmark = [pytest.mark.slow, pytest.mark.parity]  # Ray runs of the tiny recipe and TRL (see pytest.ini)
 
 SETTINGS = Settings(steps=20)
 

@@ -74,15 +74,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from common import convert
+    from common import convert, hf_format, weight_layout
 
     if args.command == "hf-to-mcore":
-        cfg = convert.read_hf_config(args.hf)
-        arch = convert.arch_from_hf_config(cfg)
-        reward = convert.is_reward_config(cfg)
-        convert.check_layout(arch, args.tp, args.pp)
+        cfg = hf_format.read_hf_config(args.hf)
+        arch = hf_format.arch_from_hf_config(cfg)
+        reward = hf_format.is_reward_config(cfg)
+        weight_layout.check_layout(arch, args.tp, args.pp)
         convert.check_output_dir(args.out, "checkpoint", {"--hf": args.hf})
-        total = len(convert.megatron_param_names(arch, reward=reward)) + (
+        total = len(weight_layout.megatron_param_names(arch, reward=reward)) + (
             1 if arch.tie_word_embeddings and args.pp > 1 else 0
         )
         with _progress(total, f"hf-to-mcore tp={args.tp} pp={args.pp}") as bar:
@@ -92,16 +92,16 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "mcore-to-hf":
         reader = convert.CheckpointReader(args.ckpt)
         convert.check_output_dir(args.out, "hf-export", {"--ckpt": args.ckpt, "--tokenizer": args.tokenizer})
-        total = len(convert.megatron_param_names(reader.arch, reward=reader.reward))
+        total = len(weight_layout.megatron_param_names(reader.arch, reward=reader.reward))
         with _progress(total, "mcore-to-hf") as bar:
             convert.export_hf(args.ckpt, args.out, args.tokenizer, dtype=_dtype(args.dtype), progress=bar.update)
         note = "" if args.tokenizer else " (no --tokenizer: add tokenizer files before loading it with a tokenizer)"
         print(f"wrote {args.out}{note}")
     else:
         reader = convert.CheckpointReader(args.ckpt)
-        convert.check_layout(reader.arch, args.tp, args.pp)
+        weight_layout.check_layout(reader.arch, args.tp, args.pp)
         convert.check_output_dir(args.out, "checkpoint", {"--ckpt": args.ckpt})
-        total = len(convert.megatron_param_names(reader.arch, reward=reader.reward)) + (
+        total = len(weight_layout.megatron_param_names(reader.arch, reward=reader.reward)) + (
             1 if reader.arch.tie_word_embeddings and args.pp > 1 else 0
         )
         with _progress(total, f"reshard tp={args.tp} pp={args.pp}") as bar:
