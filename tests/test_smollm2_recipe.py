@@ -1,7 +1,8 @@
 """The `smollm2_135m` recipe: the real SmolLM2-135M-Instruct, its tokenizer and template, VADER reward.
 
 The smoke overlay runs the shipped config (only the model folder's path differs: it is converted
-into the test cache, ``$ODPO_CACHE``, not into the checkout) for 2 short iterations.
+into the test cache, ``$ODPO_CACHE``, not into the checkout) for 4 short iterations, checked against
+the recorded curve ``recipes/smollm2_135m/expected_loss.smoke.json``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ def smollm2_dir():
 
 
 @pytest.mark.slow
+@pytest.mark.curve
 def test_smoke_run(smollm2_dir, tmp_path):
+    from common.expected_curve import compare, load_expected
     from common.outputs import read_jsonl
 
     proc = run_recipe(
@@ -34,10 +37,13 @@ def test_smoke_run(smollm2_dir, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
-    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert abs(rows[0]["loss"] - math.log(2)) < 1e-4  # policy == reference before the first update
+    expected = load_expected(ROOT / "recipes" / "smollm2_135m", "smoke")
+    assert expected is not None, "expected_loss.smoke.json missing: record it with tools/record_curve.py smollm2_135m --overlay smoke"
+    assert compare(expected, [r["loss"] for r in rows]) == []  # the real model's curve, as recorded
     rollouts = read_jsonl(tmp_path / "run" / "rollouts.jsonl")
-    assert len(rollouts) == 4
+    assert len(rollouts) == 8
     for r in rollouts:
         assert all(-1.0 <= s <= 1.0 for s in r["scores"])  # VADER compound, no EOS penalty
         assert all(isinstance(t, str) for t in r["responses"]) and any(t.strip() for t in r["responses"])
