@@ -105,4 +105,5 @@ def build_roles(cfg: DictConfig, device: Device, plan: dict[str, list[Node]]) ->
         role_per_node = Counter(n.node_id for n in nodes)
         threads = max(1, int(min(cpus[i] // k for i, k in role_per_node.items()))) if device.kind == "cpu" else 1
         groups[role] = WorkerGroup(role, WORKER_CLASSES[role], plain, nodes, resource, cpus_per_rank, threads)
-    return {role: group.ready() for role, group in groups.items()}
+    # every role's processes were started above, together; now each world forms and builds its model
+    return {role: group.ready() for role, group in [(r, g.connect()) for r, g in groups.items()]}

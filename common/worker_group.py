@@ -55,11 +55,12 @@ class WorkerGroup:
         ray.get(self.pg.ready(), timeout=120)
         self._spawn = (ray.remote(worker_cls), cfg, device_resource, cpus_per_rank, num_threads)
         self.restarts = 0
-        self._start()
+        self.spawn()
         GROUPS.append(self)
 
-    def _start(self) -> None:
-        """One worker per bundle; the world forms and the models build in the background (``ready``)."""
+    def spawn(self) -> None:
+        """One worker process per bundle, started and not awaited: every role's processes start (and
+        import torch and Megatron) at once; ``connect`` then forms the world."""
         remote_cls, cfg, device_resource, cpus_per_rank, num_threads = self._spawn
         ranks = self.pg.bundle_count
         suffix = f".r{self.restarts}" if self.restarts else ""  # a killed actor's name may not be free yet
@@ -72,12 +73,20 @@ class WorkerGroup:
             ).remote(self.role, cfg, i, ranks, num_threads)
             for i in range(ranks)
         ]
-        addr, port = ray.get(self.workers[0].master_address.remote())
-        # started, not awaited: roles build their models concurrently (see ready())
+        self._address = self.workers[0].master_address.remote()
+        self._pending = None
+
+    def connect(self) -> "WorkerGroup":
+        """Rank 0's address to every rank; the world forms and the models build in the background
+        (``ready`` waits), so roles build concurrently."""
+        addr, port = ray.get(self._address)
         self._pending = [w.init_distributed.remote(addr, port) for w in self.workers]
+        return self
 
     def ready(self) -> "WorkerGroup":
         """Wait until every rank has formed the world and built its model."""
+        if self._pending is None:
+            self.connect()
         self.layouts = get_or_fail_fast(self._pending, [], self)  # the other roles are building too: no pings
         self.dp_size = self.layouts[0]["dp_size"]
         return self
@@ -88,7 +97,8 @@ class WorkerGroup:
         for w in self.workers:
             ray.kill(w, no_restart=True)
         self.restarts += 1
-        self._start()
+        self.spawn()
+        self.connect()
 
     def rank_of(self, actor_id: str | None) -> int | None:
         """Rank of the worker with Ray actor id ``actor_id`` (hex), if it is one of this group's."""

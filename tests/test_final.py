@@ -26,32 +26,13 @@ def test_final_checkpoint_is_written(short_run):
 
 
 def test_exported_hf_logits_match_the_project(short_run, world1):
-    import transformers
-
-    from common.convert import arch_from_path, load_checkpoint_into_model
-    from common.logprobs import causal_padding_mask
+    from common.convert import arch_from_path
     from common.model import build_policy
-    from common.tokenizer import load_tokenizer, render_prompt_ids
+    from tests._export import check_export_matches
 
-    final = short_run / "run" / "final"
-    arch, reward = arch_from_path(final)  # what every *.load= key does first
-    assert not reward
-    ours = build_policy(arch, dtype=torch.float32, seed=0).eval()
-    load_checkpoint_into_model(ours, final, arch)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(short_run / "hf", dtype=torch.float32).eval()
-    tok = load_tokenizer(str(short_run / "hf"))  # tokenizer and chat template were exported too
+    arch, _ = arch_from_path(short_run / "run" / "final")
     start = build_policy(arch, dtype=torch.float32, seed=1234).eval()  # the run's random init
-    moved = 0.0
-    for prompt in PROMPTS:
-        ids = torch.tensor([render_prompt_ids(tok, prompt)])
-        mask = causal_padding_mask(torch.ones_like(ids, dtype=torch.bool))
-        pos = torch.arange(ids.shape[1])[None]
-        with torch.no_grad():
-            mine = ours(ids, pos, mask)[0, :, : arch.vocab_size]
-            theirs = hf(ids).logits[0]
-            moved = max(moved, (start(ids, pos, mask)[0, :, : arch.vocab_size] - mine).abs().max().item())
-        torch.testing.assert_close(theirs, mine, atol=1e-4, rtol=0)
-    assert moved > 1e-3  # the export is the trained actor, not the starting weights
+    check_export_matches(short_run / "run" / "final", short_run / "hf", PROMPTS, start)
 
 
 def test_convert_cli_accepts_final(short_run, tmp_path):

@@ -25,17 +25,25 @@ def smollm2_dir():
     return out
 
 
-@pytest.mark.slow
-@pytest.mark.curve
-def test_smoke_run(smollm2_dir, tmp_path):
-    from common.expected_curve import compare, load_expected
-    from common.outputs import read_jsonl
-
+@pytest.fixture(scope="module")
+def smoke_run(smollm2_dir, tmp_path_factory):
+    """``./run.sh smollm2_135m --overlay smoke --export-hf`` (4 iterations); returns the folder of ``run/`` and ``hf/``."""
+    root = tmp_path_factory.mktemp("smollm2")
     proc = run_recipe(
-        "smollm2_135m", tmp_path / "run", "--overlay", "smoke",
+        "smollm2_135m", root / "run", "--overlay", "smoke", "--export-hf", str(root / "hf"),
         f"actor_rollout_ref.actor_rollout.load={smollm2_dir}", f"training.tokenizer_name_or_path={smollm2_dir}",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.curve
+def test_smoke_run(smoke_run):
+    from common.expected_curve import compare, load_expected
+    from common.outputs import read_jsonl
+
+    tmp_path = smoke_run
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert abs(rows[0]["loss"] - math.log(2)) < 1e-4  # policy == reference before the first update
@@ -48,6 +56,22 @@ def test_smoke_run(smollm2_dir, tmp_path):
         assert all(-1.0 <= s <= 1.0 for s in r["scores"])  # VADER compound, no EOS penalty
         assert all(isinstance(t, str) for t in r["responses"]) and any(t.strip() for t in r["responses"])
     assert (tmp_path / "run" / "final" / "meta.json").is_file()
+
+
+@pytest.mark.slow
+def test_trained_smollm2_exports_to_transformers(smoke_run, smollm2_dir, world1):
+    """The real model's ``final/``, exported to HF: transformers' logits equal the project's within 1e-4."""
+    import torch
+
+    from common.convert import arch_from_path, load_into_model
+    from common.model import build_policy
+    from tests._export import check_export_matches
+
+    arch, _ = arch_from_path(smollm2_dir)
+    start = build_policy(arch, dtype=torch.float32, seed=0).eval()
+    load_into_model(start, smollm2_dir, arch)  # the starting policy: SmolLM2-135M-Instruct itself
+    prompts = ["Describe a lighthouse in one sentence.", "What do you think about rainy days?", "hi"]
+    check_export_matches(smoke_run / "run" / "final", smoke_run / "hf", prompts, start)
 
 
 def test_missing_model_prints_the_fetch_command(tmp_path, monkeypatch):
