@@ -33,12 +33,16 @@ def tiny_run(tmp_path_factory):
     return out
 
 
+SHORT_RUN = ("training.train_iters=4", "training.save_interval=2")
+
+
 @pytest.fixture(scope="session")
 def short_run(tmp_path_factory):
-    """The fast tier's one Ray run, shared: two iterations of the shipped tiny recipe (actor TP=2), a
-    checkpoint after each, and ``--export-hf``. Returns the folder holding ``run/`` and ``hf/``."""
+    """The fast tier's one Ray run, shared: four iterations of the shipped tiny recipe (actor TP=2),
+    checkpoints at 2 and 4, and ``--export-hf``. Returns the folder holding ``run/`` and ``hf/``. Its
+    settings are ``SHORT_RUN``: a run given them is this run (test_run_endings compares with it)."""
     root = tmp_path_factory.mktemp("short")
-    proc = run_recipe("tiny", root / "run", "training.train_iters=2", "training.save_interval=1", "--export-hf", str(root / "hf"))
+    proc = run_recipe("tiny", root / "run", *SHORT_RUN, "--export-hf", str(root / "hf"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return root
 

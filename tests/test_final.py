@@ -1,6 +1,6 @@
 """``RUN_DIR/final`` after a run, its Hugging Face export, and the TensorBoard event files.
 
-One short ``./run.sh tiny --export-hf DIR`` (2 iterations, actor TP=2; conftest's ``short_run``): the final checkpoint loads
+One short ``./run.sh tiny --export-hf DIR`` (4 iterations, actor TP=2; conftest's ``short_run``): the final checkpoint loads
 into the project's model (TP=1 here, merged from the 2 shards), the exported folder into
 transformers, and both give the same logits within 1e-4 on a few chat prompts.
 """
@@ -60,7 +60,7 @@ def test_tensorboard_has_every_metric(short_run):
     want = {k for k in rows[0] if k != "step"}
     assert want <= tags, sorted(want - tags)
     loss = acc.Scalars("loss")
-    assert [e.step for e in loss] == [1, 2]
+    assert [e.step for e in loss] == [r["step"] for r in rows] == [1, 2, 3, 4]
     assert [e.value for e in loss] == pytest.approx([r["loss"] for r in rows], rel=1e-6)
     assert (short_run / "run" / "rollouts.jsonl").is_file()
 

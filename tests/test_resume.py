@@ -89,10 +89,10 @@ def run_copy(src, dst):
 
 
 def test_damaged_logs_stop_resume_before_any_file_changes(short_run, tmp_path):
-    out = run_copy(short_run / "run", tmp_path / "run")  # 2 iterations, checkpoints 1 and 2
+    out = run_copy(short_run / "run", tmp_path / "run")  # 4 iterations, checkpoints 2 and 4
     with open(out / "rollouts.jsonl", "ab") as f:
-        f.write(b'{"step": 3, "prompt": "cut\n')  # a damaged row, not at the end of the file
-        f.write(b'{"step": 3}\n')
+        f.write(b'{"step": 5, "prompt": "cut\n')  # a damaged row, not at the end of the file
+        f.write(b'{"step": 5}\n')
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     again = subprocess.run([str(ROOT / "run.sh"), "tiny", "--resume", str(out)], cwd=ROOT, capture_output=True, text=True)
     assert again.returncode != 0 and "rollouts.jsonl row" in again.stderr and "invalid JSON" in again.stderr, again.stderr[-3000:]

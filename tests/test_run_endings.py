@@ -12,9 +12,9 @@ import pytest
 
 from common.health import COLLAPSE_ITERS, CollapseWatch, NonFiniteError, check_finite
 from common.outputs import read_jsonl
-from conftest import ROOT, run_recipe
+from conftest import ROOT, SHORT_RUN, run_recipe
 
-SETTINGS = ("training.train_iters=4", "training.save_interval=2")
+SETTINGS = SHORT_RUN  # 4 iterations, checkpoints at 2 and 4: the shared run of conftest is the uninterrupted one
 
 
 def comparable(rows):
@@ -68,13 +68,10 @@ def resume(run_dir):
     return subprocess.run([str(ROOT / "run.sh"), "tiny", "--resume", str(run_dir)], cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
-@pytest.fixture(scope="module")
-def whole(tmp_path_factory):
-    """The uninterrupted run every interrupted one must equal."""
-    out = tmp_path_factory.mktemp("whole") / "run"
-    proc = run_recipe("tiny", out, *SETTINGS)
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    return out
+@pytest.fixture(scope="session")
+def whole(short_run):
+    """The uninterrupted run every interrupted one must equal: conftest's shared ``SHORT_RUN`` run."""
+    return short_run / "run"
 
 
 # ----------------------------------------------------------------------------- a lost worker
