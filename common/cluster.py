@@ -105,5 +105,6 @@ def build_roles(cfg: DictConfig, device: Device, plan: dict[str, list[Node]]) ->
         role_per_node = Counter(n.node_id for n in nodes)
         threads = max(1, int(min(cpus[i] // k for i, k in role_per_node.items()))) if device.kind == "cpu" else 1
         groups[role] = WorkerGroup(role, WORKER_CLASSES[role], plain, nodes, resource, cpus_per_rank, threads)
-    # every role's processes were started above, together; now each world forms and builds its model
-    return {role: group.ready() for role, group in [(r, g.connect()) for r, g in groups.items()]}
+    for group in groups.values():  # every role's processes were started above, together: now each world forms
+        group.connect()
+    return {role: group.ready() for role, group in groups.items()}

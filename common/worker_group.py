@@ -74,7 +74,6 @@ class WorkerGroup:
             for i in range(ranks)
         ]
         self._address = self.workers[0].master_address.remote()
-        self._pending = None
 
     def connect(self) -> "WorkerGroup":
         """Rank 0's address to every rank; the world forms and the models build in the background
@@ -84,9 +83,7 @@ class WorkerGroup:
         return self
 
     def ready(self) -> "WorkerGroup":
-        """Wait until every rank has formed the world and built its model."""
-        if self._pending is None:
-            self.connect()
+        """Wait until every rank has formed the world and built its model (after ``connect``)."""
         self.layouts = get_or_fail_fast(self._pending, [], self)  # the other roles are building too: no pings
         self.dp_size = self.layouts[0]["dp_size"]
         return self
