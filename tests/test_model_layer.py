@@ -356,6 +356,22 @@ def test_sampling_is_seeded_and_never_picks_padded_ids(policy):
     assert len(drawn) == 32 * 16 and max(drawn) < VOCAB
 
 
+def test_samples_of_a_prompt_share_its_prefill(policy):
+    """Repeated prompts are prefilled once and their KV-cache rows copied: every row samples exactly
+    what it samples alone (greedy and sampled, prompts of unequal lengths, repeats not adjacent)."""
+    from common.generation import generate
+
+    _, _, prompts = _batch()
+    rows = [prompts[0], prompts[1], prompts[0], prompts[2], prompts[1], prompts[0]]
+    kw = dict(max_new_tokens=12, top_p=1.0, eos_token_ids=[VOCAB + 5])
+    for temperature, top_k in ((1.0, 1), (0.9, 0)):
+        keys = _keys(len(rows), 7)
+        shared = generate(policy, rows, temperature=temperature, top_k=top_k, sample_keys=keys, **kw)
+        alone = [generate(policy, [p], temperature=temperature, top_k=top_k, sample_keys=[k], **kw)[0] for p, k in zip(rows, keys)]
+        assert shared == alone
+        assert temperature == 1.0 or shared[0] != shared[2]  # same prompt, other key: another sample
+
+
 # ------------------------------------------------------------------------------------ reward
 
 
