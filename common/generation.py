@@ -1,7 +1,8 @@
 """Batched sampling with Megatron-core's static KV cache.
 
 One prefill forward over the distinct left-padded prompts (the n samples of a prompt share it: its
-KV-cache rows are copied to each), then one decode forward per new token for the whole batch. RoPE positions come from the cache offset, so a left-padded row sees the same
+KV-cache rows are copied to each), then one decode step per new token for the whole batch, through
+the model's own layers with keys cached after RoPE (``_RotatedKeyDecoder``). RoPE positions come from the cache offset, so a left-padded row sees the same
 relative positions as an unpadded one; padded keys are masked out. Tokens are drawn by
 common/sampling.py (keyed Gumbel-max: the same on every CPU, whatever the batch split).
 """
@@ -13,6 +14,7 @@ import contextlib
 import torch
 from megatron.core import parallel_state
 from megatron.core.inference.contexts import StaticInferenceContext
+from megatron.core.models.common.embeddings.rotary_pos_embedding import apply_rotary_pos_emb
 from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
 from common.sampling import sample_tokens
@@ -148,16 +150,63 @@ def generate(
     return [row[:n] for row, n in zip(out_rows, response_len_B)]
 
 
+class _RotatedKeyDecoder:
+    """Decode steps through the model's own modules (embedding, each layer's norms, QKV, core
+    attention, projection and MLP, final norm, output layer), with the cached keys stored after RoPE.
+
+    Megatron-core's static-batching attention caches keys before RoPE and re-applies it to every
+    cached key, in every layer, at every step: O(cache length) elementwise work per token, most of
+    a decode step on CPU once the output layer is fast. RoPE of position p is the same function
+    whenever it is applied, so rotating a key once, when it enters the cache, gives the same
+    keys; the layers' arithmetic is otherwise Megatron's own (same modules, same order; a
+    residual add is ``residual + output``, as Megatron's bias-dropout-add without bias and
+    dropout). Greedy decoding equals a full forward without cache (tests/test_model_layer.py).
+    """
+
+    def __init__(self, gpt, context, prefill_len: int):
+        self.gpt, self.config = gpt, gpt.config
+        self.freqs = gpt.rotary_pos_emb(context.max_sequence_length)  # as GPTModel computes them for inference
+        self.caches = []
+        for layer in gpt.decoder.layers:
+            keys, values = context.key_value_memory_dict[layer.layer_number]  # [S, B, groups, d], prefill filled
+            keys[:prefill_len] = apply_rotary_pos_emb(keys[:prefill_len], self.freqs[:prefill_len], config=self.config)
+            self.caches.append((keys, values))
+        self.output_weight = gpt.shared_embedding_or_output_weight() if gpt.share_embeddings_and_output_weights else None
+
+    def step(self, tokens_B: torch.Tensor, position: int, mask) -> torch.Tensor:
+        """Logits [B, 1, V] of the next token after ``tokens_B`` placed at ``position``."""
+        x_1BH = self.gpt.embedding(input_ids=tokens_B[:, None], position_ids=None)
+        freqs = self.freqs[position : position + 1]
+        for layer, (keys, values) in zip(self.gpt.decoder.layers, self.caches):
+            attention = layer.self_attention
+            query, key, value = attention.get_query_key_value_tensors(layer.input_layernorm(x_1BH))
+            query = apply_rotary_pos_emb(query, freqs, config=self.config)
+            keys[position : position + 1] = apply_rotary_pos_emb(key, freqs, config=self.config)
+            values[position : position + 1] = value
+            context = attention.core_attention(query, keys[: position + 1], values[: position + 1], mask)
+            x_1BH = _residual_add(x_1BH, attention.linear_proj(context))
+            x_1BH = _residual_add(x_1BH, layer.mlp(layer.pre_mlp_layernorm(x_1BH)))
+        x_1BH = self.gpt.decoder.final_layernorm(x_1BH)
+        logits_1BV, _ = self.gpt.output_layer(x_1BH, weight=self.output_weight, runtime_gather_output=True)
+        # [B, 1, V] vocabulary-major (a view, no copy): common/sampling.py reads that layout as it is
+        return logits_1BV.transpose(0, 1)
+
+
+def _residual_add(residual, output_with_bias):
+    output, bias = output_with_bias
+    return residual + (output if bias is None else output + bias)
+
+
 def _decode(
     model, context, ids_UL, source_B, columns_S, prefill_mask, decode_mask, out_BN, eos_E, *,
     temperature, top_k, top_p, keys_B,
 ) -> int:
-    """Prefill of the distinct prompts ``ids_UL``, then the decode loop of every row (row b continues
-    prompt ``source_B[b]``) filling out_BN; returns the number of steps taken."""
+    """Prefill of the distinct prompts ``ids_UL`` (Megatron's forward), then the decode loop of every
+    row (row b continues prompt ``source_B[b]``; ``_RotatedKeyDecoder``) filling out_BN; returns the
+    number of steps taken."""
     (U, L), (B, N) = ids_UL.shape, out_BN.shape
     tp = parallel_state.get_tensor_model_parallel_world_size()
     finished_B = torch.zeros(B, dtype=torch.bool, device=ids_UL.device)
-    position_B1 = torch.zeros((B, 1), dtype=torch.long, device=ids_UL.device)
     logits_U1V = model(
         ids_UL,
         columns_S[:L].expand(U, L),
@@ -168,8 +217,7 @@ def _decode(
     if U < B:  # the cache holds U prompts in rows 0..U-1: give every row its prompt's keys and values
         context.swap_key_value_dict(source_B)  # the cache has exactly B rows
     logits_B1V = logits_U1V.index_select(0, source_B) if U < B else logits_U1V
-    context.increment_sequence_len_offset(L)
-    context.enable_decode_mode()
+    decoder = _RotatedKeyDecoder(model, context, L)
     steps = N
     for t in range(N):
         next_B = sample_tokens(
@@ -190,13 +238,5 @@ def _decode(
         if t == N - 1 or bool(finished_B.all()):
             steps = t + 1
             break
-        position_B1.fill_(L + t)
-        logits_B1V = model(
-            next_B[:, None],
-            position_B1,
-            decode_mask[..., : L + t + 1],
-            inference_context=context,
-            runtime_gather_output=True,
-        )
-        context.increment_sequence_len_offset(1)
+        logits_B1V = decoder.step(next_B, L + t, decode_mask[..., : L + t + 1])
     return steps

@@ -115,3 +115,51 @@ def micro_batches(seqs: list[Sequence], size: int, device: torch.device, aux: di
             batch.aux[key] = torch.tensor(values[start : start + size])
         out.append(batch.to(device))
     return out
+
+
+MIN_BATCH_TOKENS = 256  # a forward batch is split only into parts this large (matmuls stay efficient)
+BATCH_COST_TOKENS = 256  # the fixed cost of one more forward call, in tokens of compute (CPU, measured roughly)
+
+
+def forward_batches(seqs: list[Sequence], size: int, device: torch.device, aux: dict[str, list] | None = None) -> tuple[list[PaddedBatch], list[int]]:
+    """Padded batches for a forward-only pass (reference log-probs, reward scores), and the order
+    they hold the sequences in (``order[i]``: the index in ``seqs`` of the i-th row over all batches).
+
+    Sequences are sorted by length, longest first, and cut into batches of at most ``size`` rows
+    where that pads least: the cut minimises padded tokens plus ``BATCH_COST_TOKENS`` per batch,
+    with every batch holding ``MIN_BATCH_TOKENS`` real tokens or more (or being the only one).
+    Each sequence's values do not depend on its batch (rows never attend to each other), so only
+    the padding changes: a batch mixing a 359-token prompt with 40-token ones no longer runs the
+    short ones at the long one's length. Undo the order with ``in_input_order``.
+    """
+    order = sorted(range(len(seqs)), key=lambda i: -(len(seqs[i].prompt_ids) + len(seqs[i].response_ids)))
+    lengths = [len(seqs[i].prompt_ids) + len(seqs[i].response_ids) for i in order]
+    n = len(order)
+    # best[j]: (cost, cut) of the rows j.. ; rows j..k-1 form a batch padded to lengths[j]
+    best: list[tuple[float, int]] = [(0.0, n)] * (n + 1)
+    for j in range(n - 1, -1, -1):
+        options = []
+        for k in range(j + 1, min(j + size, n) + 1):
+            whole = j == 0 and k == n
+            if not whole and (sum(lengths[j:k]) < MIN_BATCH_TOKENS or (k < n and sum(lengths[k:]) < MIN_BATCH_TOKENS)):
+                continue
+            options.append((lengths[j] * (k - j) + BATCH_COST_TOKENS + best[k][0], k))
+        best[j] = min(options) if options else (float("inf"), min(j + size, n))
+    cuts, j = [], 0
+    while j < n:
+        cuts.append((j, best[j][1]))
+        j = best[j][1]
+    sorted_seqs = [seqs[i] for i in order]
+    sorted_aux = {k: [v[i] for i in order] for k, v in (aux or {}).items()}
+    batches = []
+    for a, b in cuts:
+        batches += micro_batches(sorted_seqs[a:b], size, device, {k: v[a:b] for k, v in sorted_aux.items()})
+    return batches, order
+
+
+def in_input_order(values: list, order: list[int]) -> list:
+    """Values in ``forward_batches``' row order -> in the order of its input sequences."""
+    out = [None] * len(order)
+    for value, i in zip(values, order):
+        out[i] = value
+    return out

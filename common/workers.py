@@ -26,7 +26,7 @@ from common.device import apply_megatron_fusions, resolve_device  # noqa: E402
 from common.dpo import microbatch_dpo_loss, pair_sequences  # noqa: E402
 from common.optimizer import AdamSettings, build_actor_optimizer, train_step  # noqa: E402
 from common.schedule import run_microbatches  # noqa: E402
-from common.sequences import PaddedBatch, Sequence, chunks, collect_response_logps, collect_scores, micro_batches, score_positions  # noqa: E402
+from common.sequences import PaddedBatch, Sequence, chunks, collect_response_logps, collect_scores, forward_batches, in_input_order, micro_batches, score_positions  # noqa: E402
 
 
 class RoleWorker:
@@ -139,6 +139,15 @@ class RoleWorker:
     def _micro_batches(self, seqs: list[Sequence], aux: dict[str, list] | None = None) -> list[PaddedBatch]:
         """Padded micro-batches of ``2 * micro_batch_size`` sequences (a micro-batch is counted in pairs)."""
         return micro_batches(seqs, self.section.micro_batch_size * 2, self.device.torch_device(), aux)
+
+    def _forward_batches(self, seqs: list[Sequence], aux: dict[str, list] | None = None) -> tuple[list[PaddedBatch], list[int]]:
+        """Forward-only batches: with PP = 1 sorted by length and cut where padding would dominate
+        (``common.sequences.forward_batches``); with PP > 1 the stages need equal micro-batches."""
+        from megatron.core import parallel_state as ps
+
+        if ps.get_pipeline_model_parallel_world_size() > 1:
+            return self._micro_batches(seqs, aux), list(range(len(seqs)))
+        return forward_batches(seqs, self.section.micro_batch_size * 2, self.device.torch_device(), aux)
 
 
 class ActorWorker(RoleWorker):
@@ -292,8 +301,9 @@ class ReferenceWorker(RoleWorker):
     @torch.no_grad()
     def logps(self, seqs: list[Sequence]) -> list[float]:
         """Summed response log-probs per sequence (last pipeline stage; [] on the others)."""
-        stats = run_microbatches(self.model, self._micro_batches(seqs), collect_response_logps, forward_only=True)
-        return [x for s in stats for x in s["logps"].cpu().tolist()]
+        batches, order = self._forward_batches(seqs)
+        stats = run_microbatches(self.model, batches, collect_response_logps, forward_only=True)
+        return in_input_order([x for s in stats for x in s["logps"].cpu().tolist()], order) if stats else []
 
 
 class RewardWorker(RoleWorker):
@@ -308,8 +318,9 @@ class RewardWorker(RoleWorker):
     def scores(self, seqs: list[Sequence], eos_ids: list[int]) -> list[float]:
         """The head's output at each sequence's score position (last pipeline stage; [] on others)."""
         positions = score_positions(seqs, set(eos_ids), self.cfg.reward.score_position).tolist()
-        stats = run_microbatches(self.model, self._micro_batches(seqs, {"pos": positions}), collect_scores, forward_only=True, output="scores")
-        return [x for s in stats for x in s["scores"].cpu().tolist()]
+        batches, order = self._forward_batches(seqs, {"pos": positions})
+        stats = run_microbatches(self.model, batches, collect_scores, forward_only=True, output="scores")
+        return in_input_order([x for s in stats for x in s["scores"].cpu().tolist()], order) if stats else []
 
 
 WORKER_CLASSES = {"actor_rollout": ActorWorker, "rollout": GeneratorWorker, "ref": ReferenceWorker, "reward": RewardWorker}

@@ -212,6 +212,12 @@ def test_keyed_sampler_is_a_function_of_key_and_position():
     # rounding-size changes of the logits (another CPU's kernels) do not move the draw
     nudged_BV = logits_BV * (1 + 1e-6 * torch.randn(6, 1000, generator=torch.Generator().manual_seed(1)))
     assert torch.equal(sample_tokens(nudged_BV, keys_B=keys_B, position=3, **kw), ids_B)
+    # the decode step's vocabulary-major layout (strides (1, B)) draws what the row-major one draws
+    vocab_major_BV = logits_BV[:, :896].t().contiguous().t()  # 896 = 7 blocks of 128
+    assert vocab_major_BV.stride() == (1, 6)
+    for temperature in (1.0, 0.7):
+        row_major = sample_tokens(logits_BV[:, :896].contiguous(), keys_B=keys_B, position=3, temperature=temperature, top_k=0, top_p=1.0)
+        assert torch.equal(sample_tokens(vocab_major_BV, keys_B=keys_B, position=3, temperature=temperature, top_k=0, top_p=1.0), row_major)
     # other positions and other keys draw other noise
     assert not torch.equal(sample_tokens(logits_BV, keys_B=keys_B, position=4, **kw), ids_B)
     assert not torch.equal(sample_tokens(logits_BV, keys_B=keys_B + 1, position=3, **kw), ids_B)
