@@ -57,13 +57,14 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def tree_memory(root_pid: int) -> tuple[int, int]:
+def tree_memory(root_pid: int, *, pss: bool) -> tuple[int, int]:
     """(RSS, PSS) in bytes summed over a process and all its descendants (Ray's raylet, GCS and
     workers are children of the driver that started Ray). RSS counts pages shared between processes
-    (libraries, Ray's object store) once per process; PSS splits them."""
+    (libraries, Ray's object store) once per process; PSS splits them. PSS walks every process's
+    page tables (~10 ms of CPU per process per reading), so it is read only when ``pss`` (else 0)."""
     import psutil
 
-    rss = pss = 0
+    rss_sum = pss_sum = 0
     try:
         root = psutil.Process(root_pid)
         procs = [root, *root.children(recursive=True)]
@@ -71,35 +72,43 @@ def tree_memory(root_pid: int) -> tuple[int, int]:
         return 0, 0
     for proc in procs:
         try:
-            info = proc.memory_full_info()
-            rss += info.rss
-            pss += getattr(info, "pss", info.rss)
+            info = proc.memory_full_info() if pss else proc.memory_info()
+            rss_sum += info.rss
+            pss_sum += getattr(info, "pss", info.rss) if pss else 0
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    return rss, pss
+    return rss_sum, pss_sum
+
+
+RSS_EVERY_S = 0.5  # cheap (/proc/PID/statm)
+PSS_EVERY = 6  # RSS readings per PSS reading (every 3 s): PSS costs the machine CPU, more on the side with more processes
 
 
 def run_side(cmd: list[str], log: Path, first_row: callable) -> dict:
     """Run `cmd`, sampling its process tree's memory; `first_row()` -> wall-clock start of
-    iteration 1 once known (else None)."""
+    iteration 1 once known (else None). Also returns the CPU seconds the sampling itself took
+    (it shares the machine with the side it measures)."""
     launch = time.time()
     load_before = os.getloadavg()[0]
     peak_rss = peak_pss = 0
     first = None
+    sampler_cpu = time.process_time()
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        readings = 0
         while proc.poll() is None:
-            rss, pss = tree_memory(proc.pid)
+            rss, pss = tree_memory(proc.pid, pss=readings % PSS_EVERY == 0)
             peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+            readings += 1
             if first is None:
                 first = first_row()
-            time.sleep(0.5)
+            time.sleep(RSS_EVERY_S)
     if proc.returncode != 0:
         tail = log.read_text()[-4000:]
         raise SystemExit(f"error: {' '.join(cmd[:4])} ... failed ({proc.returncode}); log {log}:\n{tail}")
     first = first or first_row()
     return {"peak_rss": peak_rss, "peak_pss": peak_pss, "launch_to_first_s": first - launch if first else None, "wall_s": time.time() - launch,
-            "load_avg": [load_before, os.getloadavg()[0]]}  # fmt: skip
+            "load_avg": [load_before, os.getloadavg()[0]], "sampler_cpu_s": time.process_time() - sampler_cpu}  # fmt: skip
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -172,6 +181,10 @@ def side_load(side: dict) -> str:
     return " / ".join(f"{x:.1f}" for x in side.get("load_avg", [])) or "not recorded"
 
 
+def side_sampler(side: dict) -> str:
+    return f"{side['sampler_cpu_s']:.1f}" if "sampler_cpu_s" in side else "(not recorded)"
+
+
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "-"
 
@@ -185,7 +198,9 @@ def report(trl: dict, ours: dict, meta: dict) -> str:
         f"mean {meta['prompt_len_mean']:.0f}); {n} iterations; {meta['cpu']}, fp32 matmul peak "
         f"{meta['peak_gflops']:.0f} GFLOP/s (2048^3, {w.THREADS} threads, measured in this run). 1-minute load average "
         f"before / after each side: TRL {side_load(trl)}, this project {side_load(ours)}, now {meta['load_avg']} "
-        f"(above {os.cpu_count()} the machine was shared and the times are not comparable). "
+        f"(above {os.cpu_count()} the machine was shared and the times are not comparable). Memory was sampled every "
+        f"{RSS_EVERY_S} s (PSS every {RSS_EVERY_S * PSS_EVERY:.0f} s); the sampling itself took {side_sampler(trl)} s of CPU during TRL's side "
+        f"and {side_sampler(ours)} s during this project's. "
         "Ratio = TRL seconds / this project's seconds (> 1: this project is faster).",
         "",
         f"| iterations {FIRST_TIMED}-{n} | TRL 1.16 | this project | ratio |",

@@ -98,8 +98,6 @@ def npu_install_hint() -> str:
         "`./setup.sh --npu-notes` prints every step)"
     )
 
-THP_ENV = "THP_MEM_ALLOC_ENABLE"  # PyTorch CPU allocator: large tensors on transparent huge pages
-
 
 @dataclass(frozen=True)
 class Device:
@@ -135,19 +133,12 @@ class Device:
         - NPU: `RAY_EXPERIMENTAL_NOSET_ASCEND_RT_VISIBLE_DEVICES=1` (see the module docstring);
         - the caching allocator's expandable segments (`PYTORCH_CUDA_ALLOC_CONF` /
           `PYTORCH_NPU_ALLOC_CONF`), which keep the generate / train alternation from fragmenting
-          memory; a value the user already set is kept;
-        - CPU: PyTorch's `THP_MEM_ALLOC_ENABLE=1`: tensors of 2 MB and more on transparent huge
-          pages. Every large tensor of a step is freshly mapped memory, and faulting it in 4 KB
-          pages cost ~0.15 s per 0.5 GB (measured: allocate + fill 525 MB 0.147 s -> 0.037 s);
-          PyTorch reads it once per process, so it must be in the worker's environment from the
-          start. A value the user already set is kept.
+          memory; a value the user already set is kept.
         """
         env = {NPU_NOSET_ENV: "1"} if self.kind == "npu" else {}
         alloc = {"cuda": "PYTORCH_CUDA_ALLOC_CONF", "npu": "PYTORCH_NPU_ALLOC_CONF"}.get(self.kind)
         if alloc and alloc not in os.environ:
             env[alloc] = "expandable_segments:True"
-        if self.kind == "cpu" and THP_ENV not in os.environ:
-            env[THP_ENV] = "1"
         return env
 
     def setup_worker(self, num_threads: int) -> None:

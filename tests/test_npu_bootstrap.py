@@ -80,13 +80,11 @@ def test_ray_worker_picks_its_granted_npu(monkeypatch):
 
     npu = dev.Device(kind="npu", backend="hccl", ray_resource="NPU")
     cuda = dev.Device(kind="cuda", backend="nccl", ray_resource="GPU")
-    for var in ("PYTORCH_NPU_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF", "THP_MEM_ALLOC_ENABLE"):
+    for var in ("PYTORCH_NPU_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"):
         monkeypatch.delenv(var, raising=False)
     expandable = "expandable_segments:True"
     assert npu.worker_env() == {"RAY_EXPERIMENTAL_NOSET_ASCEND_RT_VISIBLE_DEVICES": "1", "PYTORCH_NPU_ALLOC_CONF": expandable}
     assert cuda.worker_env() == {"PYTORCH_CUDA_ALLOC_CONF": expandable}
-    assert dev.resolve_device("cpu").worker_env() == {"THP_MEM_ALLOC_ENABLE": "1"}  # large CPU tensors on huge pages
-    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
     assert dev.resolve_device("cpu").worker_env() == {}
     monkeypatch.setenv("PYTORCH_NPU_ALLOC_CONF", "max_split_size_mb:512")  # the user's own setting wins
     assert npu.worker_env() == {"RAY_EXPERIMENTAL_NOSET_ASCEND_RT_VISIBLE_DEVICES": "1"}
