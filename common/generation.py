@@ -2,8 +2,9 @@
 
 One prefill forward over the distinct left-padded prompts (the n samples of a prompt share it: its
 KV-cache rows are copied to each), then one decode step per new token for the whole batch, through
-the model's own layers with keys cached after RoPE (``_RotatedKeyDecoder``). RoPE positions come from the cache offset, so a left-padded row sees the same
-relative positions as an unpadded one; padded keys are masked out. Tokens are drawn by
+the model's own layers with keys cached after RoPE (``_RotatedKeyDecoder``). RoPE positions come
+from the cache offset, so a left-padded row sees the same relative positions as an unpadded one;
+padded keys are masked out. Tokens are drawn by
 common/sampling.py (keyed Gumbel-max: the same on every CPU, whatever the batch split).
 """
 
@@ -110,7 +111,8 @@ def generate(
     L = int(lengths_B.max())
 
     # The n samples of a prompt share its prefill: each distinct prompt is prefilled once (row
-    # ``first_U``), and its KV-cache rows and last logits are then copied to every row that has it.
+    # ``source_B[b]`` of the prefill batch), and its KV-cache rows and last logits are then copied
+    # to every row b that has it.
     rows_of: dict[tuple[int, ...], int] = {}
     source_B = [rows_of.setdefault(tuple(p), len(rows_of)) for p in prompts]
     unique = list(rows_of)

@@ -1,23 +1,24 @@
 """Per-token log-probabilities of given sequences under a Megatron GPT model.
 
-Only the positions whose log-prob is needed go through the output layer: the hidden states of
-those positions are picked out before it (common/target_logprobs.py: with gradients through
-Megatron's vocab-parallel cross entropy, without them one vocabulary chunk at a time, never a
-[N, V] logits tensor; with TP > 1 nothing is gathered). On the BENCH CONFIG (128,256 vocabulary, 16 sequences of up to ~420
-tokens of which 64 are the response) the output layer over every position made a [T, B, V] fp32
-tensor of up to 3.5 GB per pass; prompt positions never have their logits computed at all.
+The model computes them with Megatron's vocab-parallel cross entropy (GPTModel's `labels=` path),
+so with TP > 1 the full-vocabulary logits are never gathered on one rank.
 
-Without a selection (``token_logprobs(..., select_BT1=None)``) every position goes through
-Megatron's own output layer and vocab-parallel cross entropy (GPTModel's ``labels=`` path): the
-independent reference the tests compare the chunked path with.
+Only the positions whose log-prob is needed go through the output layer: the hidden states of
+those positions are picked out before the output layer (`output_rows`). On the BENCH CONFIG
+(128,256 vocabulary, 16 sequences of up to ~420 tokens of which 64 are the response) the output
+layer over every position made a [T, B, V] fp32 tensor of up to 3.5 GB per pass, and the cross
+entropy several more passes over it; over the response positions only it is 1024 x V (0.5 GB),
+and the forward + backward of the reference and the policy do 6.5x less output-layer work on the
+longest prompts. Prompt positions never have their logits computed at all.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from common import parallel
-from common.target_logprobs import picked_nll
 
 
 def causal_padding_mask(valid_BT: torch.Tensor) -> torch.Tensor:
@@ -52,6 +53,29 @@ def scatter_logps(logps_N: torch.Tensor, select_BT1: torch.Tensor) -> torch.Tens
     return torch.zeros(select_BT1.shape, dtype=logps_N.dtype, device=logps_N.device).masked_scatter(select_BT1, logps_N)
 
 
+@contextlib.contextmanager
+def output_rows(gpt, rows_N: torch.Tensor):
+    """While active, GPTModel's output layer sees only hidden rows `rows_N` of its [T, B, H] input,
+    as a [N, 1, H] batch (so `labels` must be [1, N]). A no-op on pipeline stages without the output
+    layer. Instance-level override: the layer's forward hooks (padded-vocabulary masking) still run,
+    its weights and their names are untouched; the class's forward is back on exit."""
+    layer = getattr(gpt, "output_layer", None) if gpt.post_process else None
+    if layer is None:
+        yield
+        return
+    forward = layer.forward
+
+    def picked_forward(hidden_TBH, *args, **kwargs):
+        T, B, H = hidden_TBH.shape
+        return forward(hidden_TBH.reshape(T * B, H).index_select(0, rows_N)[:, None, :], *args, **kwargs)
+
+    layer.forward = picked_forward
+    try:
+        yield
+    finally:
+        del layer.forward
+
+
 def token_logprobs(model, input_ids_BT: torch.Tensor, valid_BT: torch.Tensor, select_BT1: torch.Tensor | None = None) -> torch.Tensor:
     """log p(input_ids[:, t+1] | input_ids[:, :t+1]) -> [B, T-1], fp32, no temperature.
 
@@ -82,7 +106,8 @@ def token_logprobs(model, input_ids_BT: torch.Tensor, valid_BT: torch.Tensor, se
             raise ValueError("token_logprobs: select_BT1 selects positions whose target is padding")
         select_BL1 = select_BT1[:, : length - 1]
         rows_N, labels_1N = selected_targets(ids_BL, select_BL1)
-        nll_1N = picked_nll(model, model, ids_BL, position_ids_BL, mask, rows_N, labels_1N)
+        with output_rows(model, rows_N):
+            nll_1N = model(ids_BL, position_ids_BL, mask, labels=labels_1N)
         logps_BL1 = scatter_logps(-nll_1N[0].float(), select_BL1)
     if length == T:
         return logps_BL1

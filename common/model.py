@@ -187,7 +187,6 @@ def build_policy(
     The model is built on CPU and moved to `device` when given.
     """
     gpt = _gpt(arch, dtype, tie=arch.tie_word_embeddings)
-    gpt.real_vocab_size = arch.vocab_size  # ids beyond it are Megatron's padding
     _init_weights(gpt, arch, seed, scalar_head=False)
     if gpt.post_process:
         _mask_padded_vocab(gpt, arch.vocab_size)

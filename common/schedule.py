@@ -15,8 +15,7 @@ from megatron.core.enums import ModelType
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from common import parallel
-from common.logprobs import scatter_logps, selected_targets
-from common.target_logprobs import picked_nll
+from common.logprobs import output_rows, scatter_logps, selected_targets
 from common.sequences import PaddedBatch
 
 # loss_fn(batch, output) -> (loss scalar, dict of detached values); output is the last stage's
@@ -43,9 +42,8 @@ def run_microbatches(model, batches: list[PaddedBatch], loss_fn: LossFn, *, forw
     pipeline stage only; other stages get ``[]``).
 
     ``output="logps"``: the model is a policy and ``loss_fn`` gets per-token log-probs ``[B, T-1]``,
-    computed at the response positions only (``batch.response_BT1``; 0 elsewhere; common/target_logprobs.py):
-    no logits for prompt positions, none gathered across TP ranks, and in forward-only calls never a
-    full-vocabulary logits tensor.
+    computed at the response positions only (``batch.response_BT1``; 0 elsewhere) with Megatron's
+    vocab-parallel cross entropy: no logits for prompt positions, none gathered across TP ranks.
     ``output="scores"``: a reward model, ``loss_fn`` gets per-position scores ``[B, T]``.
     """
     if parallel.pipeline_parallel_size() > 1:
@@ -67,9 +65,10 @@ def run_microbatches(model, batches: list[PaddedBatch], loss_fn: LossFn, *, forw
         # kernel (common/attention.py) needs no [B, 1, T, T] mask built, stored or read.
         mask = None
         if output == "logps":
-            # the output layer runs on the response positions only (common/target_logprobs.py)
+            # the output layer and cross entropy run on the response positions only (logprobs.py)
             rows_N, labels_1N = selected_targets(b.ids_BT, b.response_BT1)
-            out = picked_nll(model, core, b.ids_BT, position_ids_BT, mask, rows_N, labels_1N)  # -log p(labels) [1, N]
+            with output_rows(core, rows_N):
+                out = model(b.ids_BT, position_ids_BT, mask, labels=labels_1N)  # -log p(labels) [1, N]
 
             def loss_func(nll_1N):
                 return loss_fn(b, scatter_logps(-nll_1N[0].float(), b.response_BT1))

@@ -122,7 +122,8 @@ BATCH_COST_TOKENS = 256  # the fixed cost of one more forward call, in tokens of
 
 
 def forward_batches(seqs: list[Sequence], size: int, device: torch.device, aux: dict[str, list] | None = None) -> tuple[list[PaddedBatch], list[int]]:
-    """Padded batches for a forward-only pass (reference log-probs, reward scores), and the order
+    """Padded batches for a forward-only pass whose values are not compared with another model's
+    (the reward model's scores), and the order
     they hold the sequences in (``order[i]``: the index in ``seqs`` of the i-th row over all batches).
 
     Sequences are sorted by length, longest first, and cut into batches of at most ``size`` rows
@@ -135,13 +136,16 @@ def forward_batches(seqs: list[Sequence], size: int, device: torch.device, aux: 
     order = sorted(range(len(seqs)), key=lambda i: -(len(seqs[i].prompt_ids) + len(seqs[i].response_ids)))
     lengths = [len(seqs[i].prompt_ids) + len(seqs[i].response_ids) for i in order]
     n = len(order)
+    prefix = [0]
+    for length in lengths:
+        prefix.append(prefix[-1] + length)
     # best[j]: (cost, cut) of the rows j.. ; rows j..k-1 form a batch padded to lengths[j]
     best: list[tuple[float, int]] = [(0.0, n)] * (n + 1)
     for j in range(n - 1, -1, -1):
         options = []
         for k in range(j + 1, min(j + size, n) + 1):
             whole = j == 0 and k == n
-            if not whole and (sum(lengths[j:k]) < MIN_BATCH_TOKENS or (k < n and sum(lengths[k:]) < MIN_BATCH_TOKENS)):
+            if not whole and (prefix[k] - prefix[j] < MIN_BATCH_TOKENS or (k < n and prefix[n] - prefix[k] < MIN_BATCH_TOKENS)):
                 continue
             options.append((lengths[j] * (k - j) + BATCH_COST_TOKENS + best[k][0], k))
         best[j] = min(options) if options else (float("inf"), min(j + size, n))

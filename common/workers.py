@@ -141,8 +141,8 @@ class RoleWorker:
         return micro_batches(seqs, self.section.micro_batch_size * 2, self.device.torch_device(), aux)
 
     def _forward_batches(self, seqs: list[Sequence], aux: dict[str, list] | None = None) -> tuple[list[PaddedBatch], list[int]]:
-        """Forward-only batches: with PP = 1 sorted by length and cut where padding would dominate
-        (``common.sequences.forward_batches``); with PP > 1 the stages need equal micro-batches."""
+        """The reward model's batches: with PP = 1 sorted by length and cut where padding would
+        dominate (``common.sequences.forward_batches``); with PP > 1 the stages need equal micro-batches."""
         from megatron.core import parallel_state as ps
 
         if ps.get_pipeline_model_parallel_world_size() > 1:
@@ -301,9 +301,10 @@ class ReferenceWorker(RoleWorker):
     @torch.no_grad()
     def logps(self, seqs: list[Sequence]) -> list[float]:
         """Summed response log-probs per sequence (last pipeline stage; [] on the others)."""
-        batches, order = self._forward_batches(seqs)
-        stats = run_microbatches(self.model, batches, collect_response_logps, forward_only=True)
-        return in_input_order([x for s in stats for x in s["logps"].cpu().tolist()], order) if stats else []
+        # batched like the actor's training forward (not length-sorted): at step 1, where policy and
+        # reference are the same model, the two give the same numbers and every margin is exactly 0
+        stats = run_microbatches(self.model, self._micro_batches(seqs), collect_response_logps, forward_only=True)
+        return [x for s in stats for x in s["logps"].cpu().tolist()]
 
 
 class RewardWorker(RoleWorker):

@@ -1,7 +1,5 @@
-"""Log-probs at response positions only (the output layer sees just those hidden states; without
-gradients chunked over the vocabulary, common/target_logprobs.py) equal the full computation over
-every position through Megatron's output layer and cross entropy, values and gradients, for TP=1,
-TP=2 and through the PP=2 schedules.
+"""Log-probs at response positions only (the output layer sees just those hidden states) equal
+the full computation over every position, for TP=1, TP=2 and through the PP=2 schedules.
 
 Run: .venv/bin/python -m pytest tests/test_response_logprobs.py -q
 """
@@ -34,27 +32,20 @@ def _batch():
 
 def compute() -> dict:
     """Full and response-only log-probs and gradients on this rank's world (PP=1)."""
-    import common.target_logprobs as chunked
     from common.logprobs import token_logprobs
     from common.model import LlamaArch, build_policy
 
     policy = build_policy(LlamaArch(**ARCH), dtype=torch.float32, seed=0)
     b = _batch()
     out = {}
-    chunk, chunked.CHUNK = chunked.CHUNK, 96  # several chunks, the last one partial; TP=2 shards end mid-chunk
-    try:
-        for name, select in (("full", None), ("picked", b.response_BT1)):
-            policy.zero_grad()
-            logps_BT1 = token_logprobs(policy, b.ids_BT, b.valid_BT, select_BT1=select)
-            masked_BT1 = logps_BT1 * b.response_BT1
-            (masked_BT1 * torch.linspace(0.5, 2.0, masked_BT1.shape[1])).sum().backward()  # unequal weights per position
-            out[name] = masked_BT1.detach()
-            out[name + "_raw"] = logps_BT1.detach()
-            out[name + "_grads"] = {n: p.grad.clone() for n, p in policy.named_parameters()}
-        with torch.no_grad():  # the reference's way: one vocabulary chunk at a time
-            out["chunked"] = token_logprobs(policy, b.ids_BT, b.valid_BT, select_BT1=b.response_BT1) * b.response_BT1
-    finally:
-        chunked.CHUNK = chunk
+    for name, select in (("full", None), ("picked", b.response_BT1)):
+        policy.zero_grad()
+        logps_BT1 = token_logprobs(policy, b.ids_BT, b.valid_BT, select_BT1=select)
+        masked_BT1 = logps_BT1 * b.response_BT1
+        masked_BT1.sum().backward()
+        out[name] = masked_BT1.detach()
+        out[name + "_raw"] = logps_BT1.detach()
+        out[name + "_grads"] = {n: p.grad.clone() for n, p in policy.named_parameters()}
     return out
 
 
@@ -83,7 +74,6 @@ def test_response_only_equals_full_tp1(tp1):
     b = _batch()
     # fp32 noise only: the picked rows go through the same matmul as a smaller batch
     torch.testing.assert_close(tp1["picked"], tp1["full"], atol=2e-5, rtol=0)
-    torch.testing.assert_close(tp1["chunked"], tp1["full"], atol=2e-5, rtol=0)
     assert (tp1["picked_raw"][~b.response_BT1] == 0).all()  # nothing computed at prompt positions
     for name, g in tp1["full_grads"].items():
         torch.testing.assert_close(tp1["picked_grads"][name], g, atol=1e-6, rtol=1e-4, msg=name)
@@ -94,7 +84,6 @@ def test_response_only_equals_full_tp2(tp1):
     for out in ranks:  # every TP rank returns the whole (vocab-parallel reduced) log-probs
         torch.testing.assert_close(out["picked"], tp1["full"], atol=2e-5, rtol=0)
         torch.testing.assert_close(out["picked"], out["full"], atol=2e-5, rtol=0)
-        torch.testing.assert_close(out["chunked"], tp1["full"], atol=2e-5, rtol=0)
         for name, g in out["full_grads"].items():  # this rank's shards, the output layer's vocabulary shard included
             torch.testing.assert_close(out["picked_grads"][name], g, atol=1e-6, rtol=1e-4, msg=name)
 
