@@ -140,15 +140,6 @@ class RoleWorker:
         """Padded micro-batches of ``2 * micro_batch_size`` sequences (a micro-batch is counted in pairs)."""
         return micro_batches(seqs, self.section.micro_batch_size * 2, self.device.torch_device(), aux)
 
-    def _forward_batches(self, seqs: list[Sequence], aux: dict[str, list] | None = None) -> tuple[list[PaddedBatch], list[int]]:
-        """The reward model's batches: with PP = 1 sorted by length and cut where padding would
-        dominate (``common.sequences.forward_batches``); with PP > 1 the stages need equal micro-batches."""
-        from megatron.core import parallel_state as ps
-
-        if ps.get_pipeline_model_parallel_world_size() > 1:
-            return self._micro_batches(seqs, aux), list(range(len(seqs)))
-        return forward_batches(seqs, self.section.micro_batch_size * 2, self.device.torch_device(), aux)
-
 
 class ActorWorker(RoleWorker):
     """Policy: generation with a KV cache and DPO updates with Megatron's optimizer.
@@ -314,6 +305,15 @@ class RewardWorker(RoleWorker):
         self.model = self._build(self.cfg.reward.load, reward=True, seed=self.cfg.training.seed + 1)
         self.model.eval()
         self.model.requires_grad_(False)
+
+    def _forward_batches(self, seqs: list[Sequence], aux: dict[str, list] | None = None) -> tuple[list[PaddedBatch], list[int]]:
+        """The reward model's batches: with PP = 1 sorted by length and cut where padding would
+        dominate (``common.sequences.forward_batches``); with PP > 1 the stages need equal micro-batches."""
+        from megatron.core import parallel_state as ps
+
+        if ps.get_pipeline_model_parallel_world_size() > 1:
+            return self._micro_batches(seqs, aux), list(range(len(seqs)))
+        return forward_batches(seqs, self.section.micro_batch_size * 2, self.device.torch_device(), aux)
 
     @torch.no_grad()
     def scores(self, seqs: list[Sequence], eos_ids: list[int]) -> list[float]:
