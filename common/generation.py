@@ -21,6 +21,9 @@ from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_regi
 from common.sampling import sample_tokens
 
 
+SMALL_ROWS = 8  # output-layer calls with this many rows or fewer read W_VH as it is (see below)
+
+
 @contextlib.contextmanager
 def _vocab_major_output_layer(gpt):
     """While generating, compute logits as W_VH @ h_HN instead of h_NH @ W_VH^T.
@@ -29,16 +32,20 @@ def _vocab_major_output_layer(gpt):
     layer is most of a decode step, and MKL's speed for this skinny product depends on the
     layouts: on CPU the weight is copied once per generation into an [H, V] row-major buffer and
     read as its transpose (16 x 256 x 128k: ~11 ms a step, against ~21 ms for W_VH @ h_HN and
-    ~27 ms for h_NH @ W_VH^T; one 131 MB copy per rollout). Accelerators use W_VH @ h_HN on the
-    weight itself. Instance-level override; the module's forward hooks (padded-id masking) still
-    run, and the original forward is restored on exit.
+    ~27 ms for h_NH @ W_VH^T; one 131 MB copy per rollout). With ``SMALL_ROWS`` rows or fewer MKL
+    takes another kernel for that layout, 3-6x slower than W_VH @ h_HN on the weight itself
+    (8 x 256 x 128k: ~50 ms against ~8 ms; measured for 2-16 rows and hidden 64-576), so those
+    calls read the weight as it is. Accelerators use W_VH @ h_HN on the weight itself. The
+    layout a call takes depends only on its row count (the same for the same batch on any rank).
+    Instance-level override; the module's forward hooks (padded-id masking) still run, and the
+    original forward is restored on exit.
     """
     layer = gpt.output_layer
     gather = parallel_state.get_tensor_model_parallel_world_size() > 1
     transposed: dict[int, torch.Tensor] = {}  # data_ptr of a weight -> its [H, V] copy (CPU)
 
-    def vocab_major(weight_VH: torch.Tensor) -> torch.Tensor:
-        if weight_VH.device.type != "cpu":
+    def vocab_major(weight_VH: torch.Tensor, rows: int) -> torch.Tensor:
+        if weight_VH.device.type != "cpu" or rows <= SMALL_ROWS:
             return weight_VH
         key = weight_VH.data_ptr()
         if key not in transposed:
@@ -46,8 +53,8 @@ def _vocab_major_output_layer(gpt):
         return transposed[key].t()
 
     def forward(hidden_SBH, weight=None, runtime_gather_output=None):
-        weight_VH = vocab_major(layer.weight if weight is None else weight)
         S, B, H = hidden_SBH.shape
+        weight_VH = vocab_major(layer.weight if weight is None else weight, S * B)
         logits_SBV = (weight_VH @ hidden_SBH.reshape(S * B, H).t()).t().reshape(S, B, -1)
         if gather and runtime_gather_output:
             logits_SBV = gather_from_tensor_model_parallel_region(logits_SBV.contiguous())

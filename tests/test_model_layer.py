@@ -327,6 +327,20 @@ def test_greedy_kv_cache_equals_full_forward(policy, tied):
     assert "forward" not in vars(policy.output_layer)  # and the output layer's own forward
 
 
+@pytest.mark.parametrize("rows", [4, 16])  # <= SMALL_ROWS: the weight as it is; more: its [H, V] copy
+def test_generation_output_layer_gives_the_models_logits(policy, rows):
+    from common.generation import SMALL_ROWS, _vocab_major_output_layer
+
+    assert (rows <= SMALL_ROWS) == (rows == 4)
+    hidden_SBH = torch.randn(1, rows, policy.config.hidden_size, generator=torch.Generator().manual_seed(rows))
+    with torch.no_grad():
+        own_SBV, _ = policy.output_layer(hidden_SBH)
+        with _vocab_major_output_layer(policy):
+            vocab_major_SBV, _ = policy.output_layer(hidden_SBH)
+    assert vocab_major_SBV.shape == own_SBV.shape and vocab_major_SBV.stride()[-1] == rows  # a view of [V, rows]
+    torch.testing.assert_close(vocab_major_SBV, own_SBV, rtol=1e-5, atol=1e-5)
+
+
 def test_eos_stops_row_and_is_kept(policy):
     from common.generation import generate
 
