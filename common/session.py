@@ -26,11 +26,13 @@ early, always with ``loss.png`` drawn and one message that says what to do next:
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import ray
 from omegaconf import DictConfig
@@ -209,6 +211,17 @@ class Session:
                 msg.append("  no checkpoint (training.save_interval=0): a new run starts from the beginning")
         print("\n".join(msg), file=sys.stderr)
         return self.stop.exit_code
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a recipe's process with ``code`` once its run has finished (``Session.finish``): Ray shut
+    down, output flushed, then ``os._exit``. Every file of the run is closed by then; what a normal
+    interpreter exit would add is ~1.5 s of tearing down objects (tokenizer, torch, Ray's core
+    worker) that nothing reads afterwards."""
+    ray.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def overlay_file(recipe_dir: Path, overlay: str) -> Path:

@@ -14,14 +14,13 @@ the pair, a DPO step.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from common.config import data_parallel_size
 from common.outputs import PhaseTimer
 from common.pairs import select_pairs
 from common.rollout import Rollout, metrics_row, reference_logps, sampling_requests, score, sync_weights, train_on_pairs
-from common.session import open_session
+from common.session import exit_process, open_session
 
 RECIPE_DIR = Path(__file__).resolve().parent
 # What to run when a file config.yaml names is missing (printed before anything starts).
@@ -82,4 +81,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
