@@ -10,11 +10,11 @@ import ray
 from omegaconf import DictConfig, OmegaConf
 from ray.exceptions import AuthenticationError
 
-from common.config import PROJECT_ROOT, role_devices, roles_in_use
+from common.config import PROJECT_ROOT, placed_roles
 from common.device import Device
 from common.placement import Node, check_nodes, cluster_nodes, plan_placement
 from common.quiet import quiet_private_ray
-from common.worker_group import WorkerGroup
+from common.worker_group import GuestGroup, WorkerGroup
 
 
 NO_CLUSTER = "no Ray cluster found; start one with `ray start --head ...` or set RAY_ADDRESS (README: Placement and several nodes)"
@@ -76,12 +76,16 @@ def device_resource(cfg: DictConfig, device: Device) -> str | None:
 
 
 def plan_roles(cfg: DictConfig, device: Device, nodes: int) -> tuple[dict[str, list[Node]], list[Node]]:
-    """The node of every rank, decided before any worker starts (fails fast on a shortfall)."""
+    """The node of every rank, decided before any worker starts (fails fast on a shortfall); a
+    colocated role's ranks are the actor's."""
     resource = device_resource(cfg, device)
     cluster = cluster_nodes(resource)
     check_nodes(cluster, nodes)
     used = cluster[:nodes]
-    return plan_placement({role: role_devices(cfg, role) for role in roles_in_use(cfg)}, used, resource), used
+    plan = plan_placement(placed_roles(cfg), used, resource)
+    for role in cfg.resource_pool.colocate:
+        plan[role] = plan["actor_rollout"]
+    return plan, used
 
 
 def build_roles(cfg: DictConfig, device: Device, plan: dict[str, list[Node]]) -> dict[str, WorkerGroup]:
@@ -89,12 +93,14 @@ def build_roles(cfg: DictConfig, device: Device, plan: dict[str, list[Node]]) ->
 
     Each rank gets an equal share of its node's CPUs as its Ray CPU resource; on CPU, torch threads
     for the cores its role has on that node: roles run one after another within an iteration, so a
-    role's ranks never compete with another role's for cores.
+    role's ranks never compete with another role's for cores. Roles in ``resource_pool.colocate``
+    get no processes: the actor's hold them (``ColocatedWorker``), and their groups are views of it.
     """
-    from common.workers import WORKER_CLASSES  # Megatron is imported by the workers, not before the checks
+    from common.workers import WORKER_CLASSES, ColocatedWorker  # Megatron is imported by the workers, not before the checks
 
     resource = device_resource(cfg, device)
-    per_node = Counter(n.node_id for ranks in plan.values() for n in ranks)
+    colocated = tuple(cfg.resource_pool.colocate)
+    per_node = Counter(n.node_id for role, ranks in plan.items() if role not in colocated for n in ranks)
     cpus = {n.node_id: n.cpus for ranks in plan.values() for n in ranks}
     cpus_per_rank = min(cpus[i] / k for i, k in per_node.items())
     if device.kind != "cpu":
@@ -102,9 +108,14 @@ def build_roles(cfg: DictConfig, device: Device, plan: dict[str, list[Node]]) ->
     plain = OmegaConf.to_container(cfg, resolve=True)
     groups = {}
     for role, nodes in plan.items():
+        if role in colocated:
+            groups[role] = GuestGroup(role, groups["actor_rollout"])
+            continue
         role_per_node = Counter(n.node_id for n in nodes)
         threads = max(1, int(min(cpus[i] // k for i, k in role_per_node.items()))) if device.kind == "cpu" else 1
-        groups[role] = WorkerGroup(role, WORKER_CLASSES[role], plain, nodes, resource, cpus_per_rank, threads)
+        guests = colocated if role == "actor_rollout" else ()
+        worker_cls = ColocatedWorker if guests else WORKER_CLASSES[role]
+        groups[role] = WorkerGroup(role, worker_cls, plain, nodes, resource, cpus_per_rank, threads, guests)
     for group in groups.values():  # every role's processes were started above, together: now each world forms
         group.connect()
     return {role: group.ready() for role, group in groups.items()}

@@ -139,6 +139,11 @@ class ResourcePoolConfig:
     # none on cpu). A CPU run on a cluster whose nodes declare e.g. {"NPU": 8} may set NPU to be
     # placed exactly like a device run (how multi-node placement is tested on one machine).
     device_resource: Optional[str] = None
+    # Roles that run inside the actor's training processes instead of their own (``ref``, ``reward``):
+    # one process per actor rank holds them all, one after another in each iteration (what verl calls
+    # colocated workers). They take the actor's ranks (resource_pool.<role> is not used), need its
+    # TP and PP, and use no devices of their own.
+    colocate: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -316,12 +321,19 @@ def _section_key(role: str) -> str:
 
 
 def role_devices(cfg: DictConfig, role: str) -> int:
-    """Devices of a role's own world; the actor pool is split into training and generating ranks."""
-    if role == "actor_rollout":
+    """Ranks of a role's world; the actor pool is split into training and generating ranks, and a
+    colocated role has the actor's training ranks."""
+    if role == "actor_rollout" or role in cfg.resource_pool.colocate:
         return cfg.resource_pool.actor_rollout - cfg.actor_rollout_ref.actor_rollout.generate_devices
     if role == "rollout":
         return cfg.actor_rollout_ref.actor_rollout.generate_devices
     return cfg.resource_pool[role]
+
+
+def placed_roles(cfg: DictConfig) -> dict[str, int]:
+    """Roles with processes (and devices) of their own -> their rank count, in placement order;
+    colocated roles run in the actor's."""
+    return {role: role_devices(cfg, role) for role in roles_in_use(cfg) if role not in cfg.resource_pool.colocate}
 
 
 def role_parallel_sizes(cfg: DictConfig, role: str) -> tuple[int, int]:
@@ -369,7 +381,7 @@ def validate(cfg: DictConfig) -> None:
             raise ValueError(f"{key}={value}: must be > 0")
 
     for role in ROLES:  # first: every later rule divides by these
-        if role == "reward" and cfg.reward.function is not None:
+        if (role == "reward" and cfg.reward.function is not None) or role in cfg.resource_pool.colocate:
             continue
         if cfg.resource_pool[role] < 1:
             raise ValueError(f"resource_pool.{role}={cfg.resource_pool[role]}: must be >= 1 (devices of role {role})")
@@ -444,6 +456,7 @@ def validate(cfg: DictConfig) -> None:
     check_arch(cfg.model, "model")
     if cfg.reward.model is not None:
         check_arch(cfg.reward.model, "reward.model")
+    _validate_colocate(cfg)
     for role in roles_in_use(cfg):
         _validate_role_layout(cfg, role)
     gbs = t.global_batch_size
@@ -466,6 +479,29 @@ def validate(cfg: DictConfig) -> None:
             raise ValueError(
                 f"training.global_batch_size={gbs} is not divisible by the data-parallel size {dp_role} of "
                 f"role {role} (resource_pool.{role} / (TP x PP)); every data-parallel rank needs its own slice"
+            )
+
+
+def _validate_colocate(cfg: DictConfig) -> None:
+    """``resource_pool.colocate``: ref and/or reward, each in use, with the actor's TP and PP (their
+    processes share one distributed world and one Megatron parallel state)."""
+    colocate = list(cfg.resource_pool.colocate)
+    for role in colocate:
+        if role not in ("ref", "reward") or colocate.count(role) > 1:
+            raise ValueError(
+                f"resource_pool.colocate={colocate}: {role!r} {'twice' if role in ('ref', 'reward') else 'cannot be colocated'}; "
+                "list ref and/or reward once each (they then run in the actor's training processes)"
+            )
+        if role not in roles_in_use(cfg):
+            raise ValueError(
+                f"resource_pool.colocate={colocate}: no reward model is built (a reward function replaces it); remove reward from the list"
+            )
+        if role_parallel_sizes(cfg, role) != role_parallel_sizes(cfg, "actor_rollout"):
+            (tp, pp), (atp, app) = role_parallel_sizes(cfg, role), role_parallel_sizes(cfg, "actor_rollout")
+            raise ValueError(
+                f"resource_pool.colocate: role {role} (TP={tp}, PP={pp}) needs the actor's layout (TP={atp}, PP={app}) to run in its "
+                f"processes; set {_section_key(role)}.tensor_model_parallel_size={atp} and pipeline_model_parallel_size={app}, "
+                f"or remove {role} from resource_pool.colocate"
             )
 
 

@@ -19,7 +19,7 @@ WORKER_ERRORS = (RayActorError, RayTaskError)  # what a call on a worker group r
 
 @dataclass
 class WorkerFailure:
-    role: str  # "?" when the worker is not one of the run's
+    role: str  # "?" when the worker is not one of the run's; "actor_rollout+ref" for colocated roles
     rank: int | None
     node: str  # IP of the worker's node
     cause: str  # likely cause, one line
@@ -67,11 +67,11 @@ def describe_failure(err: Exception, roles: dict[str, WorkerGroup]) -> WorkerFai
         actor_id, details = _actor_hex(err.actor_id), err.error_msg
         cause = _likely_cause(details)
         lost = isinstance(err, ActorDiedError) and not err.actor_init_failed
-    for role, group in roles.items():
+    for group in roles.values():  # a process that holds several roles (resource_pool.colocate) names them all
         rank = group.rank_of(actor_id)
         if rank is not None:
             layouts = getattr(group, "layouts", None)
             node = layouts[rank]["node_ip"] if layouts else "?"
-            return WorkerFailure(role, rank, node, cause.splitlines()[0], lost, details)
+            return WorkerFailure(group.label, rank, node, cause.splitlines()[0], lost, details)
     ip = getattr(err, "ip", None) or "?"
     return WorkerFailure("?", None, ip, cause.splitlines()[0], lost, details)

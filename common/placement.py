@@ -84,10 +84,13 @@ def check_nodes(nodes: list[Node], wanted: int) -> None:
         )
 
 
-def describe(plan: dict[str, list[Node]], nodes: list[Node]) -> str:
+def describe(plan: dict[str, list[Node]], nodes: list[Node], colocated: tuple[str, ...] = ()) -> str:
     index = {n.node_id: i for i, n in enumerate(nodes)}
     lines = []
     for role, ranks in plan.items():
+        if role in colocated:
+            lines.append(f"  {role}: in actor_rollout's processes (resource_pool.colocate)")
+            continue
         where = {}
         for rank, n in enumerate(ranks):
             where.setdefault(index[n.node_id], []).append(rank)
@@ -96,14 +99,16 @@ def describe(plan: dict[str, list[Node]], nodes: list[Node]) -> str:
     return "\n".join(lines)
 
 
-def placement_record(plan: dict[str, list[Node]], actual: dict[str, list[str]], nodes: list[Node]) -> dict:
-    """Planned vs actual node of every rank (``placement.json``); raises if Ray put a rank elsewhere."""
+def placement_record(plan: dict[str, list[Node]], actual: dict[str, list[str]], nodes: list[Node], colocated: tuple[str, ...] = ()) -> dict:
+    """Planned vs actual node of every rank (``placement.json``); raises if Ray put a rank elsewhere.
+    A colocated role's ranks say whose process holds them (``"process_of": "actor_rollout"``)."""
     index = {n.node_id: i for i, n in enumerate(nodes)}
     record = {"nodes": [{"index": i, "node_id": n.node_id, "ip": n.ip} for i, n in enumerate(nodes)], "roles": {}}
     for role, planned in plan.items():
         got = actual[role]
+        host = {"process_of": "actor_rollout"} if role in colocated else {}
         record["roles"][role] = [
-            {"rank": r, "planned_node": index[p.node_id], "node": index.get(a, -1)} for r, (p, a) in enumerate(zip(planned, got))
+            {"rank": r, "planned_node": index[p.node_id], "node": index.get(a, -1), **host} for r, (p, a) in enumerate(zip(planned, got))
         ]
         wrong = [r for r, (p, a) in enumerate(zip(planned, got)) if p.node_id != a]
         if wrong:

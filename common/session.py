@@ -293,9 +293,10 @@ def _open(recipe_dir: Path, args: Args, get_files: dict[str, str], stop: StopSig
     print(f"run folder: {run_dir}  ({len(prompt_ids)} prompts, {dropped} dropped as too long)", flush=True)
 
     # --- roles on Ray ---------------------------------------------------------------------------
-    print("placement:\n" + describe(plan, nodes), flush=True)
+    colocated = tuple(cfg.resource_pool.colocate)
+    print("placement:\n" + describe(plan, nodes, colocated), flush=True)
     roles = build_roles(cfg, device, plan)
-    writer.json("placement.json", placement_record(plan, {role: g.node_ids() for role, g in roles.items()}, nodes))
+    writer.json("placement.json", placement_record(plan, {role: g.node_ids() for role, g in roles.items()}, nodes, colocated))
     if resume:
         roles["actor_rollout"].call_all("restore", str(resume.checkpoint))
         writer.resumed(resume.checkpoint, first_step)

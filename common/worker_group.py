@@ -5,6 +5,10 @@ the node the placement plan gave its rank: common/placement.py). A ``WorkerGroup
 torch.distributed world, and dispatches coarse calls: each data-parallel rank gets its own slice.
 Every wait also watches the other roles (``get_or_fail_fast``), so a lost worker stops the driver in
 seconds, and ``restart`` replaces a role's workers on the same bundles (``training.max_restarts``).
+
+Roles listed in ``resource_pool.colocate`` have no processes of their own: the host group's
+processes hold them too (``common.workers.ColocatedWorker``), and each is a ``GuestGroup`` that
+sends its calls to its part of those processes.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ def get_or_fail_fast(refs: list, groups: list["WorkerGroup"], busy: "WorkerGroup
         done, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_S)
         ray.get(done)  # raises now if one of them failed
         if pending:
-            pings = [w.__ray_ready__.remote() for g in groups if g is not busy for w in g.workers]
+            pings = [w.__ray_ready__.remote() for g in groups if g.workers is not busy.workers for w in g.workers]
             answered, _ = ray.wait(pings, num_returns=len(pings), timeout=POLL_S / 4)
             ray.get(answered)
     return ray.get(refs)
@@ -42,9 +46,10 @@ GROUPS: list["WorkerGroup"] = []  # every role of this driver (get_or_fail_fast 
 
 
 class WorkerGroup:
-    def __init__(self, role: str, worker_cls: type, cfg: dict, nodes: list[Node], device_resource: str | None, cpus_per_rank: float, num_threads: int):
-        """One worker per entry of ``nodes`` (rank i runs on ``nodes[i]``, pinned by node id)."""
-        self.role = role
+    def __init__(self, role: str, worker_cls: type, cfg: dict, nodes: list[Node], device_resource: str | None, cpus_per_rank: float, num_threads: int, guests: tuple[str, ...] = ()):
+        """One worker per entry of ``nodes`` (rank i runs on ``nodes[i]``, pinned by node id).
+        With ``guests`` (roles colocated in these processes), ``worker_cls`` is ``ColocatedWorker``."""
+        self.role, self.guests = role, tuple(guests)
         ranks = len(nodes)
         self.pg = placement_group(
             [{"CPU": cpus_per_rank, **({device_resource: 1} if device_resource else {})}] * ranks,
@@ -54,6 +59,7 @@ class WorkerGroup:
         )
         ray.get(self.pg.ready(), timeout=120)
         self._spawn = (ray.remote(worker_cls), cfg, device_resource, cpus_per_rank, num_threads)
+        self._who = [role, *guests] if guests else role  # the worker's first argument
         self.restarts = 0
         self.spawn()
         GROUPS.append(self)
@@ -70,7 +76,7 @@ class WorkerGroup:
                 resources={device_resource: 1} if device_resource else None,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
                 name=f"{self.role}-{i}{suffix}",
-            ).remote(self.role, cfg, i, ranks, num_threads)
+            ).remote(self._who, cfg, i, ranks, num_threads)
             for i in range(ranks)
         ]
         self._address = self.workers[0].master_address.remote()
@@ -84,9 +90,21 @@ class WorkerGroup:
 
     def ready(self) -> "WorkerGroup":
         """Wait until every rank has formed the world and built its model (after ``connect``)."""
-        self.layouts = get_or_fail_fast(self._pending, [], self)  # the other roles are building too: no pings
+        layouts = get_or_fail_fast(self._pending, [], self)  # the other roles are building too: no pings
+        self.role_layouts = layouts if self.guests else [{self.role: lay} for lay in layouts]
+        self.layouts = [lay[self.role] for lay in self.role_layouts]
         self.dp_size = self.layouts[0]["dp_size"]
         return self
+
+    @property
+    def label(self) -> str:
+        """The role, and the roles its processes also hold (failure messages)."""
+        return "+".join((self.role, *self.guests))
+
+    def _remote(self, worker, method: str, *args: Any, **kwargs: Any):
+        if self.guests:
+            return worker.call.remote(self.role, method, *args, **kwargs)
+        return getattr(worker, method).remote(*args, **kwargs)
 
     def restart(self) -> None:
         """Replace every rank with a fresh worker on the same bundle (the others of a world that lost
@@ -103,7 +121,7 @@ class WorkerGroup:
         return ids.index(actor_id) if actor_id in ids else None
 
     def call_all(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
-        return get_or_fail_fast([getattr(w, method).remote(*args, **kwargs) for w in self.workers], GROUPS, self)
+        return get_or_fail_fast([self._remote(w, method, *args, **kwargs) for w in self.workers], GROUPS, self)
 
     def run_sharded(self, method: str, items: list, *args: Any, **kwargs: Any) -> list[Any]:
         """Call ``method(slice, ...)`` with each data-parallel rank's contiguous slice of ``items``;
@@ -111,7 +129,7 @@ class WorkerGroup:
         return [x for part in self.run_per_dp(method, split(items, self.dp_size), *args, **kwargs) for x in part]
 
     def run_per_dp(self, method: str, shards: list, *args: Any, **kwargs: Any) -> list[Any]:
-        refs = [getattr(w, method).remote(shards[lay["dp_rank"]], *args, **kwargs) for w, lay in zip(self.workers, self.layouts)]
+        refs = [self._remote(w, method, shards[lay["dp_rank"]], *args, **kwargs) for w, lay in zip(self.workers, self.layouts)]
         results = get_or_fail_fast(refs, GROUPS, self)
         by_dp = {lay["dp_rank"]: r for lay, r in zip(self.layouts, results) if lay["is_output"]}
         return [by_dp[d] for d in range(self.dp_size)]
@@ -119,3 +137,34 @@ class WorkerGroup:
     def node_ids(self) -> list[str]:
         """Node id each rank actually runs on (checked against the plan by tests)."""
         return [lay["node_id"] for lay in self.layouts]
+
+
+class GuestGroup(WorkerGroup):
+    """A role colocated in its host group's processes (``resource_pool.colocate``): the host's
+    workers and nodes, this role's own layouts; ``restart`` and ``connect`` are the host's (call the
+    host's first: it is earlier in the session's roles), and a lost process is reported as the host's."""
+
+    def __init__(self, role: str, host: WorkerGroup):
+        self.role, self.host, self.guests = role, host, ()
+
+    @property
+    def workers(self) -> list:
+        return self.host.workers
+
+    @property
+    def label(self) -> str:
+        return self.host.label
+
+    def connect(self) -> "GuestGroup":
+        return self
+
+    def restart(self) -> None:
+        pass
+
+    def ready(self) -> "GuestGroup":
+        self.layouts = [lay[self.role] for lay in self.host.role_layouts]
+        self.dp_size = self.layouts[0]["dp_size"]
+        return self
+
+    def _remote(self, worker, method: str, *args: Any, **kwargs: Any):
+        return worker.call.remote(self.role, method, *args, **kwargs)

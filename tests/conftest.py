@@ -1,4 +1,4 @@
-"""Shared test set-up: local-only Ray, tiny-recipe runs. (The project is installed by setup.sh;
+"""Shared test set-up: local-only Ray (one cluster shared by the recipe runs), tiny-recipe runs. (The project is installed by setup.sh;
 pytest.ini puts the repository root on the path for `tests._dist`.)"""
 
 import os
@@ -12,14 +12,41 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
+_shared_cluster = None
+
+
+def shared_ray_address() -> str:
+    """The session's one-node Ray cluster (this machine's CPUs), started on first use.
+
+    ``run_recipe`` runs join it through ``RAY_ADDRESS``, as a user's jobs join a running cluster,
+    instead of each starting and stopping a private instance (~3 s of every run): Ray's testing
+    guide's advice, one cluster shared by the tests. Runs started otherwise (test_run_endings'
+    ``Job``, test_resume) keep the private instance: they look at the run's own processes, and they
+    are what tests that path."""
+    global _shared_cluster
+    if _shared_cluster is None:
+        from ray.cluster_utils import Cluster
+
+        _shared_cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": os.cpu_count()})
+    return _shared_cluster.address
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_shared_ray():
+    yield
+    if _shared_cluster is not None:
+        _shared_cluster.shutdown()
+
+
 def run_recipe(recipe: str, out: Path, *overrides: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``./run.sh <recipe> --out <out> <overrides>`` exactly as a user would."""
+    """Run ``./run.sh <recipe> --out <out> <overrides>`` as a user would, on the session's Ray
+    cluster (``shared_ray_address``) unless ``env`` names another ``RAY_ADDRESS``."""
     return subprocess.run(
         [str(ROOT / "run.sh"), recipe, "--out", str(out), *overrides],
         cwd=cwd,
         capture_output=True,
         text=True,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "RAY_ADDRESS": shared_ray_address(), **(env or {})},
         timeout=900,
     )
 

@@ -53,6 +53,10 @@ def test_unknown_key_names_nearest_valid_keys(override, fragment):
         (["actor_rollout_ref.actor_rollout.tensor_model_parallel_size=4", "resource_pool.actor_rollout=4"], "TP=4 must divide"),
         (["reward.function=nocolon"], "module:callable"),
         (["training.train_iters"], "not key=value"),
+        (["resource_pool.colocate=[ref]"], "role ref (TP=1, PP=1) needs the actor's layout (TP=2, PP=1)"),
+        (["resource_pool.colocate=[ref,ref]"], "'ref' twice"),
+        (["resource_pool.colocate=[actor_rollout]"], "'actor_rollout' cannot be colocated"),
+        (["resource_pool.colocate=[reward]", "reward.function=mymod:fn"], "no reward model is built"),
     ],
 )
 def test_validation_messages(overrides, fragment):
@@ -67,6 +71,18 @@ def test_reward_function_drops_reward_role():
     cfg = load_config(TINY, ["reward.function=mymod:fn"])
     assert roles_in_use(cfg) == ("actor_rollout", "ref")
     assert cfg.reward.model is None
+
+
+def test_colocated_roles_take_the_actors_ranks():
+    from common.config import data_parallel_size, placed_roles, roles_in_use
+
+    tp2 = ["actor_rollout_ref.ref.tensor_model_parallel_size=2", "reward.tensor_model_parallel_size=2"]
+    cfg = load_config(TINY, ["resource_pool.colocate=[ref,reward]", *tp2])
+    assert roles_in_use(cfg) == ("actor_rollout", "ref", "reward")
+    assert placed_roles(cfg) == {"actor_rollout": 2}  # no devices of their own
+    assert data_parallel_size(cfg, "ref") == data_parallel_size(cfg, "reward") == 1
+    cfg = load_config(TINY, ["resource_pool.colocate=[reward]", "reward.tensor_model_parallel_size=2"])
+    assert placed_roles(cfg) == {"actor_rollout": 2, "ref": 1}
 
 
 def test_unknown_key_in_a_recipe_file(tmp_path):
