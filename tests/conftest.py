@@ -2,7 +2,9 @@
 pytest.ini puts the repository root on the path for `tests._dist`.)"""
 
 import os
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
-_shared_cluster = None
+_shared_cluster = None  # the process holding it
+_shared_address = ""
 
 
 def shared_ray_address() -> str:
@@ -23,19 +26,33 @@ def shared_ray_address() -> str:
     guide's advice, one cluster shared by the tests. Runs started otherwise (test_run_endings'
     ``Job``, test_resume) keep the private instance: they look at the run's own processes, and they
     are what tests that path."""
-    global _shared_cluster
+    global _shared_cluster, _shared_address
     if _shared_cluster is None:
-        from ray.cluster_utils import Cluster
-
-        _shared_cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": os.cpu_count()})
-    return _shared_cluster.address
+        # its own process (tools/simulated_cluster.py, one node): Ray's client threads in this test
+        # process would make every later fork (data preparation's worker pool) liable to deadlock
+        _shared_cluster = subprocess.Popen(
+            [sys.executable, "-m", "tools.simulated_cluster", "--nodes", "1", "--cpus", str(os.cpu_count()), "--npus", "0"],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True,
+        )  # fmt: skip
+        for line in _shared_cluster.stdout:
+            if "RAY_ADDRESS=" in line:
+                _shared_address = line.split("RAY_ADDRESS=", 1)[1].strip()
+                break
+        else:
+            raise RuntimeError("tools.simulated_cluster ended without printing RAY_ADDRESS")
+    return _shared_address
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _stop_shared_ray():
     yield
     if _shared_cluster is not None:
-        _shared_cluster.shutdown()
+        _shared_cluster.send_signal(signal.SIGINT)  # the tool shuts its cluster down on Ctrl-C
+        try:
+            _shared_cluster.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(_shared_cluster.pid, signal.SIGKILL)
+        _shared_cluster.stdout.close()
 
 
 def run_recipe(recipe: str, out: Path, *overrides: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:

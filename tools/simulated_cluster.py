@@ -26,7 +26,7 @@ def simulated_cluster(nodes: int = 2, cpus: int = 8, npus: int = 8) -> Iterator[
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from ray.cluster_utils import Cluster
 
-    node_args = {"num_cpus": cpus, "resources": {"NPU": npus}}
+    node_args = {"num_cpus": cpus, "resources": {"NPU": npus} if npus else {}}
     cluster = Cluster(initialize_head=True, head_node_args=node_args)
     try:
         for _ in range(nodes - 1):
