@@ -46,6 +46,7 @@ GROUPS: list["WorkerGroup"] = []  # every role of this driver (get_or_fail_fast 
 
 
 class WorkerGroup:
+    host: "WorkerGroup | None" = None  # set on a GuestGroup
     def __init__(self, role: str, worker_cls: type, cfg: dict, nodes: list[Node], device_resource: str | None, cpus_per_rank: float, num_threads: int, guests: tuple[str, ...] = ()):
         """One worker per entry of ``nodes`` (rank i runs on ``nodes[i]``, pinned by node id).
         With ``guests`` (roles colocated in these processes), ``worker_cls`` is ``ColocatedWorker``."""
@@ -91,8 +92,8 @@ class WorkerGroup:
     def ready(self) -> "WorkerGroup":
         """Wait until every rank has formed the world and built its model (after ``connect``)."""
         layouts = get_or_fail_fast(self._pending, [], self)  # the other roles are building too: no pings
-        self.role_layouts = layouts if self.guests else [{self.role: lay} for lay in layouts]
-        self.layouts = [lay[self.role] for lay in self.role_layouts]
+        self.role_layouts = layouts  # with guests: {role: layout} per rank (ColocatedWorker)
+        self.layouts = [lay[self.role] for lay in layouts] if self.guests else layouts
         self.dp_size = self.layouts[0]["dp_size"]
         return self
 
@@ -102,7 +103,7 @@ class WorkerGroup:
         return "+".join((self.role, *self.guests))
 
     def _remote(self, worker, method: str, *args: Any, **kwargs: Any):
-        if self.guests:
+        if self.guests or self.host is not None:  # a ColocatedWorker: the call goes to this role's part
             return worker.call.remote(self.role, method, *args, **kwargs)
         return getattr(worker, method).remote(*args, **kwargs)
 
@@ -165,6 +166,3 @@ class GuestGroup(WorkerGroup):
         self.layouts = [lay[self.role] for lay in self.host.role_layouts]
         self.dp_size = self.layouts[0]["dp_size"]
         return self
-
-    def _remote(self, worker, method: str, *args: Any, **kwargs: Any):
-        return worker.call.remote(self.role, method, *args, **kwargs)

@@ -1,10 +1,9 @@
 """Shared test set-up: local-only Ray (one cluster shared by the recipe runs), tiny-recipe runs. (The project is installed by setup.sh;
 pytest.ini puts the repository root on the path for `tests._dist`.)"""
 
+import contextlib
 import os
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
-_shared_cluster = None  # the process holding it
-_shared_address = ""
+_shared_cluster = contextlib.ExitStack()  # holds the cluster's process once started
+_shared_address: str | None = None
 
 
 def shared_ray_address() -> str:
@@ -25,34 +24,19 @@ def shared_ray_address() -> str:
     instead of each starting and stopping a private instance (~3 s of every run): Ray's testing
     guide's advice, one cluster shared by the tests. Runs started otherwise (test_run_endings'
     ``Job``, test_resume) keep the private instance: they look at the run's own processes, and they
-    are what tests that path."""
-    global _shared_cluster, _shared_address
-    if _shared_cluster is None:
-        # its own process (tools/simulated_cluster.py, one node): Ray's client threads in this test
-        # process would make every later fork (data preparation's worker pool) liable to deadlock
-        _shared_cluster = subprocess.Popen(
-            [sys.executable, "-m", "tools.simulated_cluster", "--nodes", "1", "--cpus", str(os.cpu_count()), "--npus", "0"],
-            cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True,
-        )  # fmt: skip
-        for line in _shared_cluster.stdout:
-            if "RAY_ADDRESS=" in line:
-                _shared_address = line.split("RAY_ADDRESS=", 1)[1].strip()
-                break
-        else:
-            raise RuntimeError("tools.simulated_cluster ended without printing RAY_ADDRESS")
+    are what tests that path. The cluster runs in its own process (``cluster_process``): tests fork."""
+    global _shared_address
+    if _shared_address is None:
+        from tools.simulated_cluster import cluster_process
+
+        _shared_address = _shared_cluster.enter_context(cluster_process(nodes=1, cpus=os.cpu_count(), npus=0))
     return _shared_address
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _stop_shared_ray():
     yield
-    if _shared_cluster is not None:
-        _shared_cluster.send_signal(signal.SIGINT)  # the tool shuts its cluster down on Ctrl-C
-        try:
-            _shared_cluster.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(_shared_cluster.pid, signal.SIGKILL)
-        _shared_cluster.stdout.close()
+    _shared_cluster.close()
 
 
 def run_recipe(recipe: str, out: Path, *overrides: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -34,19 +34,16 @@ def test_cpu_ranks_spread_evenly_without_a_device_resource():
 
 @pytest.fixture
 def two_node_cluster():
-    from ray.cluster_utils import Cluster
+    from tools.simulated_cluster import cluster_process
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"NPU": 2}})
-    cluster.add_node(num_cpus=1, resources={"NPU": 2})
-    cluster.wait_for_nodes()
-    yield cluster
-    cluster.shutdown()
+    with cluster_process(nodes=2, cpus=1, npus=2) as address:
+        yield address
 
 
 @pytest.mark.slow
 def test_tiny_across_two_simulated_nodes_lands_where_planned(two_node_cluster, tmp_path):
     out = tmp_path / "run"
-    env = {**os.environ, "RAY_ADDRESS": two_node_cluster.address}
+    env = {**os.environ, "RAY_ADDRESS": two_node_cluster}
     proc = subprocess.run(
         [str(ROOT / "run.sh"), "tiny", "--nodes", "2", "--out", str(out), "resource_pool.device_resource=NPU", "training.train_iters=2"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,

@@ -12,7 +12,7 @@ from common.config import load_config
 from common.expected_curve import compare, load_expected
 from common.outputs import read_jsonl
 from conftest import ROOT, run_recipe
-from tools.simulated_cluster import simulated_cluster
+from tools.simulated_cluster import cluster_process
 
 
 
@@ -83,7 +83,7 @@ def test_llama32_1b_cpu_scale_on_one_node(tmp_path):
 
 @pytest.fixture(scope="module")
 def two_nodes_of_8():
-    with simulated_cluster(nodes=2, cpus=8, npus=8) as address:
+    with cluster_process(nodes=2, cpus=8, npus=8) as address:
         yield {"RAY_ADDRESS": address}
 
 

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 
 @contextmanager
@@ -35,6 +36,34 @@ def simulated_cluster(nodes: int = 2, cpus: int = 8, npus: int = 8) -> Iterator[
         yield cluster.address
     finally:
         cluster.shutdown()
+
+
+@contextmanager
+def cluster_process(nodes: int = 2, cpus: int = 8, npus: int = 8) -> Iterator[str]:
+    """``simulated_cluster`` in a process of its own (this module's command line); yields its address.
+
+    For callers that fork afterwards (pytest running data preparation's worker pool in-process):
+    a cluster started in the caller leaves Ray's client threads there, and a fork of a process with
+    threads can deadlock."""
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tools.simulated_cluster", "--nodes", str(nodes), "--cpus", str(cpus), "--npus", str(npus)],
+        cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        address = next((line.split("RAY_ADDRESS=", 1)[1].strip() for line in proc.stdout if "RAY_ADDRESS=" in line), None)
+        if address is None:
+            raise RuntimeError(f"tools.simulated_cluster ended (status {proc.wait()}) without printing RAY_ADDRESS")
+        yield address
+    finally:
+        proc.send_signal(signal.SIGINT)  # main() shuts its cluster down on Ctrl-C
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.stdout.close()
 
 
 def main() -> int:
