@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from common.config import load_config
+from common.config import load_config, max_new_tokens
 from common.expected_curve import compare, load_expected
 from common.outputs import read_jsonl
 from conftest import ROOT, run_recipe
@@ -35,9 +35,10 @@ def placed(run_dir) -> dict[str, list[int]]:
 
 
 def test_cpu_scale_overlays_change_only_what_they_document():
-    """Topology, layouts, batch, lengths and algorithm are the frozen config's; the model shrinks."""
+    """Topology, layouts, batch, prompt room and algorithm are the frozen config's; the model and the
+    response length shrink."""
     kept = [
-        "training.global_batch_size", "training.seq_length", "training.micro_batch_size", "resource_pool",
+        "training.global_batch_size", "training.micro_batch_size", "resource_pool",
         "actor_rollout_ref.actor_rollout.max_prompt_length", "actor_rollout_ref.actor_rollout.temperature",
         "actor_rollout_ref.actor_rollout.tensor_model_parallel_size", "actor_rollout_ref.actor_rollout.pipeline_model_parallel_size",
         "actor_rollout_ref.actor_rollout.generate_devices", "actor_rollout_ref.actor_rollout.generate_tensor_model_parallel_size",
@@ -52,6 +53,7 @@ def test_cpu_scale_overlays_change_only_what_they_document():
         for key in kept:
             assert OmegaConf.select(full, key) == OmegaConf.select(small, key), (recipe, key)
         assert small.model.hidden_size < full.model.hidden_size and small.training.device == "cpu"
+        assert max_new_tokens(small) == 64 < max_new_tokens(full)
     assert load_config(ROOT / "recipes/llama32_1b/config.yaml").model.tie_word_embeddings is True
     assert load_config(ROOT / "recipes/llama3_8b/config.yaml").model.tie_word_embeddings is False
 
