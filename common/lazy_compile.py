@@ -1,21 +1,34 @@
-"""``torch.compile`` deferred to a compiled function's first call: ~2 s off every process's start.
+"""torch's compiler, ``torch._dynamo``, imported only by a process that compiles: ~2-3 s off every start.
 
-Megatron-core wraps two dozen functions in ``torch.compile`` when it is imported (``jit_fuser``, the
-fusions of megatron/core/fusions). Each wrap costs ~30 ms, the first one imports torch._dynamo
-(~1.4 s), and the project calls none of them on CPU (``Device.fusions``, common/device.py), yet the
-driver and every worker paid ~2 s for them before their first iteration. Here ``torch.compile(fn,
-**options)`` returns a wrapper that calls the real ``torch.compile(fn, **options)`` the first time it
-is called and uses the compiled function from then on: the same function, compiled with the same
-options, when it is used at all. Installed by ``common/__init__.py`` before anything imports Megatron.
+Two things import it in a process that never compiles anything:
+
+- Megatron-core wraps two dozen functions in ``torch.compile`` when it is imported (``jit_fuser``,
+  the fusions of megatron/core/fusions). Each wrap costs ~30 ms, the first one imports torch._dynamo
+  (~1.4 s), and the project calls none of them on CPU (``Device.fusions``, common/device.py). Here
+  ``torch.compile(fn, **options)`` returns a wrapper that calls the real ``torch.compile(fn,
+  **options)`` the first time it is called and uses the compiled function from then on: the same
+  function, compiled with the same options, when it is used at all.
+- ``torch.optim``: ``Optimizer`` marks four methods ``torch._disable_dynamo`` (``add_param_group``,
+  which its constructor calls, ``zero_grad``, ``state_dict``, ``load_state_dict``), "do not trace this
+  when compiling", applied by importing torch._dynamo at their first call; ``Adam.step`` (AdamW's, the
+  optimizer Megatron-core uses without Transformer Engine or Apex) imports it at every call to place
+  two ``graph_break()``s, which do nothing outside a compilation (~0.8 s at the actor's first build).
+  Nothing can be compiling while torch._dynamo has not been imported, so until then these methods
+  run the undecorated function (``step`` under the grad mode torch's wrapper sets); once it has been
+  imported, torch's own wrappers, as before.
+
+Installed by ``common/__init__.py`` before anything imports Megatron.
 """
 
 from __future__ import annotations
 
 import functools
+import sys
 
 import torch
 
 _real_compile = torch.compile
+DYNAMO_DISABLED_OPTIMIZER_METHODS = ("add_param_group", "zero_grad", "state_dict", "load_state_dict")
 
 
 def _deferred(fn, options: dict):
@@ -41,5 +54,48 @@ def lazy_compile(model=None, **options):
     return _deferred(model, options)
 
 
+def _dynamo_disabled_once_imported(decorated):
+    """``decorated`` (a ``torch._disable_dynamo`` wrapper) while torch._dynamo is imported; before
+    that, the function it wraps."""
+    plain = decorated.__wrapped__
+
+    @functools.wraps(plain)
+    def call(*args, **kwargs):
+        if "torch._dynamo" in sys.modules:
+            return decorated(*args, **kwargs)
+        return plain(*args, **kwargs)
+
+    call.__dynamo_decorated__ = decorated
+    return call
+
+
+def _step_without_graph_breaks_until_dynamo(decorated):
+    """``Adam.step`` as torch's ``_use_grad_for_differentiable`` wrapper runs it (grad mode from
+    ``defaults["differentiable"]``), without its ``torch._dynamo.graph_break()`` calls while
+    torch._dynamo is not imported (nothing is being compiled then)."""
+    plain = decorated.__wrapped__
+
+    @functools.wraps(plain)
+    def step(self, *args, **kwargs):
+        if "torch._dynamo" in sys.modules:
+            return decorated(self, *args, **kwargs)
+        prev = torch.is_grad_enabled()
+        try:
+            torch.set_grad_enabled(self.defaults["differentiable"])
+            return plain(self, *args, **kwargs)
+        finally:
+            torch.set_grad_enabled(prev)
+
+    step.__dynamo_decorated__ = decorated
+    return step
+
+
 def install() -> None:
     torch.compile = lazy_compile
+    for name in DYNAMO_DISABLED_OPTIMIZER_METHODS:
+        method = getattr(torch.optim.Optimizer, name)
+        if hasattr(method, "__wrapped__") and not hasattr(method, "__dynamo_decorated__"):
+            setattr(torch.optim.Optimizer, name, _dynamo_disabled_once_imported(method))
+    step = torch.optim.Adam.__dict__["step"]  # before any Adam exists: torch then wraps it in its profiler hook
+    if hasattr(step, "__wrapped__") and not hasattr(step, "__dynamo_decorated__") and not getattr(step, "hooked", False):
+        torch.optim.Adam.step = _step_without_graph_breaks_until_dynamo(step)
