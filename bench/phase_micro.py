@@ -18,14 +18,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-import bench.workload as w  # noqa: E402
+import bench.workload as w
 
 
 def timed(fn) -> float:

@@ -19,10 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import bench.workload as w  # noqa: E402
+import bench.workload as w
 
 
 def llama_config(*, reward: bool):

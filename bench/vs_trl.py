@@ -31,9 +31,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import bench.workload as w  # noqa: E402
+import bench.workload as w
 
 PHASES = ("generate", "reference", "reward", "train")
 FIRST_TIMED = 3  # iterations 1-2 are warm-up
