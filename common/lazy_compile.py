@@ -54,48 +54,30 @@ def lazy_compile(model=None, **options):
     return _deferred(model, options)
 
 
-def _dynamo_disabled_once_imported(decorated):
-    """``decorated`` (a ``torch._disable_dynamo`` wrapper) while torch._dynamo is imported; before
-    that, the function it wraps."""
+def _undecorated_until_dynamo(decorated, *, grad_mode_from_defaults: bool = False):
+    """``decorated`` (one of torch's dynamo wrappers) while torch._dynamo is imported; before that,
+    the function it wraps. ``grad_mode_from_defaults``: run it under the grad mode torch's
+    ``_use_grad_for_differentiable`` sets for an optimizer's ``step`` (``defaults["differentiable"]``)."""
     plain = decorated.__wrapped__
 
     @functools.wraps(plain)
     def call(*args, **kwargs):
         if "torch._dynamo" in sys.modules:
             return decorated(*args, **kwargs)
-        return plain(*args, **kwargs)
+        if not grad_mode_from_defaults:
+            return plain(*args, **kwargs)
+        with torch.set_grad_enabled(args[0].defaults["differentiable"]):
+            return plain(*args, **kwargs)
 
     call.__dynamo_decorated__ = decorated
     return call
 
 
-def _step_without_graph_breaks_until_dynamo(decorated):
-    """``Adam.step`` as torch's ``_use_grad_for_differentiable`` wrapper runs it (grad mode from
-    ``defaults["differentiable"]``), without its ``torch._dynamo.graph_break()`` calls while
-    torch._dynamo is not imported (nothing is being compiled then)."""
-    plain = decorated.__wrapped__
-
-    @functools.wraps(plain)
-    def step(self, *args, **kwargs):
-        if "torch._dynamo" in sys.modules:
-            return decorated(self, *args, **kwargs)
-        prev = torch.is_grad_enabled()
-        try:
-            torch.set_grad_enabled(self.defaults["differentiable"])
-            return plain(self, *args, **kwargs)
-        finally:
-            torch.set_grad_enabled(prev)
-
-    step.__dynamo_decorated__ = decorated
-    return step
-
-
 def install() -> None:
     torch.compile = lazy_compile
-    for name in DYNAMO_DISABLED_OPTIMIZER_METHODS:
-        method = getattr(torch.optim.Optimizer, name)
-        if hasattr(method, "__wrapped__") and not hasattr(method, "__dynamo_decorated__"):
-            setattr(torch.optim.Optimizer, name, _dynamo_disabled_once_imported(method))
-    step = torch.optim.Adam.__dict__["step"]  # before any Adam exists: torch then wraps it in its profiler hook
-    if hasattr(step, "__wrapped__") and not hasattr(step, "__dynamo_decorated__") and not getattr(step, "hooked", False):
-        torch.optim.Adam.step = _step_without_graph_breaks_until_dynamo(step)
+    # Adam.step before any Adam exists: torch then wraps it in its profiler hook ("hooked")
+    targets = [(torch.optim.Optimizer, name, False) for name in DYNAMO_DISABLED_OPTIMIZER_METHODS] + [(torch.optim.Adam, "step", True)]
+    for owner, name, grad_mode in targets:
+        method = owner.__dict__[name]
+        if hasattr(method, "__wrapped__") and not hasattr(method, "__dynamo_decorated__") and not getattr(method, "hooked", False):
+            setattr(owner, name, _undecorated_until_dynamo(method, grad_mode_from_defaults=grad_mode))

@@ -47,6 +47,7 @@ GROUPS: list["WorkerGroup"] = []  # every role of this driver (get_or_fail_fast 
 
 class WorkerGroup:
     host: "WorkerGroup | None" = None  # set on a GuestGroup
+
     def __init__(self, role: str, worker_cls: type, cfg: dict, nodes: list[Node], device_resource: str | None, cpus_per_rank: float, num_threads: int, guests: tuple[str, ...] = ()):
         """One worker per entry of ``nodes`` (rank i runs on ``nodes[i]``, pinned by node id).
         With ``guests`` (roles colocated in these processes), ``worker_cls`` is ``ColocatedWorker``."""
