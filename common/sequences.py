@@ -121,21 +121,18 @@ MIN_BATCH_TOKENS = 256  # a forward batch is split only into parts this large (m
 BATCH_COST_TOKENS = 256  # the fixed cost of one more forward call, in tokens of compute (CPU, measured roughly)
 
 
-def forward_batches(seqs: list[Sequence], size: int, device: torch.device, aux: dict[str, list] | None = None) -> tuple[list[PaddedBatch], list[int]]:
-    """Padded batches for a forward-only pass whose values are not compared with another model's
-    (the reward model's scores), and the order
-    they hold the sequences in (``order[i]``: the index in ``seqs`` of the i-th row over all batches).
+def length_cuts(lengths: list[int], size: int) -> list[tuple[int, int]]:
+    """Where to cut rows of ``lengths`` (sorted longest first) into forward batches of at most
+    ``size`` rows, each padded to its first row's length: ``[(start, end), ...]`` covering every row.
 
-    Sequences are sorted by length, longest first, and cut into batches of at most ``size`` rows
-    where that pads least: the cut minimises padded tokens plus ``BATCH_COST_TOKENS`` per batch,
-    with every batch holding ``MIN_BATCH_TOKENS`` real tokens or more (or being the only one).
-    Each sequence's values do not depend on its batch (rows never attend to each other), so only
-    the padding changes: a batch mixing a 359-token prompt with 40-token ones no longer runs the
-    short ones at the long one's length. Undo the order with ``in_input_order``.
+    The cut minimises padded tokens plus ``BATCH_COST_TOKENS`` per batch, with every batch holding
+    ``MIN_BATCH_TOKENS`` real tokens or more (or being the only one). So a batch mixing a 359-token
+    prompt with 40-token ones no longer runs the short ones at the long one's length, and rows of
+    similar lengths stay in one batch (the reward model's prefix pass, common/reward_forward.py).
     """
-    order = sorted(range(len(seqs)), key=lambda i: -(len(seqs[i].prompt_ids) + len(seqs[i].response_ids)))
-    lengths = [len(seqs[i].prompt_ids) + len(seqs[i].response_ids) for i in order]
-    n = len(order)
+    if any(a < b for a, b in zip(lengths, lengths[1:])):
+        raise ValueError("length_cuts: lengths must be sorted longest first")
+    n = len(lengths)
     prefix = [0]
     for length in lengths:
         prefix.append(prefix[-1] + length)
@@ -153,17 +150,4 @@ def forward_batches(seqs: list[Sequence], size: int, device: torch.device, aux: 
     while j < n:
         cuts.append((j, best[j][1]))
         j = best[j][1]
-    sorted_seqs = [seqs[i] for i in order]
-    sorted_aux = {k: [v[i] for i in order] for k, v in (aux or {}).items()}
-    batches = []
-    for a, b in cuts:
-        batches += micro_batches(sorted_seqs[a:b], size, device, {k: v[a:b] for k, v in sorted_aux.items()})
-    return batches, order
-
-
-def in_input_order(values: list, order: list[int]) -> list:
-    """Values in ``forward_batches``' row order -> in the order of its input sequences."""
-    out = [None] * len(order)
-    for value, i in zip(values, order):
-        out[i] = value
-    return out
+    return cuts

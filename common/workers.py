@@ -25,8 +25,9 @@ from common.config import role_parallel_sizes, role_section  # noqa: E402
 from common.device import apply_megatron_fusions, resolve_device  # noqa: E402
 from common.dpo import microbatch_dpo_loss, pair_sequences  # noqa: E402
 from common.optimizer import AdamSettings, build_actor_optimizer, train_step  # noqa: E402
+from common.reward_forward import shared_prompt_scores  # noqa: E402
 from common.schedule import run_microbatches  # noqa: E402
-from common.sequences import PaddedBatch, Sequence, chunks, collect_response_logps, collect_scores, forward_batches, in_input_order, micro_batches, score_positions  # noqa: E402
+from common.sequences import PaddedBatch, Sequence, chunks, collect_response_logps, collect_scores, micro_batches, score_positions  # noqa: E402
 
 
 class RoleWorker:
@@ -306,22 +307,18 @@ class RewardWorker(RoleWorker):
         self.model.eval()
         self.model.requires_grad_(False)
 
-    def _forward_batches(self, seqs: list[Sequence], aux: dict[str, list] | None = None) -> tuple[list[PaddedBatch], list[int]]:
-        """The reward model's batches: with PP = 1 sorted by length and cut where padding would
-        dominate (``common.sequences.forward_batches``); with PP > 1 the stages need equal micro-batches."""
-        from megatron.core import parallel_state as ps
-
-        if ps.get_pipeline_model_parallel_world_size() > 1:
-            return self._micro_batches(seqs, aux), list(range(len(seqs)))
-        return forward_batches(seqs, self.section.micro_batch_size * 2, self.device.torch_device(), aux)
-
     @torch.no_grad()
     def scores(self, seqs: list[Sequence], eos_ids: list[int]) -> list[float]:
-        """The head's output at each sequence's score position (last pipeline stage; [] on others)."""
+        """The head's output at each sequence's score position (last pipeline stage; [] on others).
+        With PP = 1 each prompt's trunk runs once and the last layer at the score positions only
+        (``common.reward_forward``); with PP > 1 Megatron's schedule runs the full forward."""
+        from common import parallel
+
         positions = score_positions(seqs, set(eos_ids), self.cfg.reward.score_position).tolist()
-        batches, order = self._forward_batches(seqs, {"pos": positions})
-        stats = run_microbatches(self.model, batches, collect_scores, forward_only=True, output="scores")
-        return in_input_order([x for s in stats for x in s["scores"].cpu().tolist()], order) if stats else []
+        if parallel.pipeline_parallel_size() == 1:
+            return shared_prompt_scores(self.model, seqs, positions, self.section.micro_batch_size * 2)
+        stats = run_microbatches(self.model, self._micro_batches(seqs, {"pos": positions}), collect_scores, forward_only=True, output="scores")
+        return [x for s in stats for x in s["scores"].cpu().tolist()]
 
 
 WORKER_CLASSES = {"actor_rollout": ActorWorker, "rollout": GeneratorWorker, "ref": ReferenceWorker, "reward": RewardWorker}

@@ -76,6 +76,7 @@ def scenario() -> dict:
         out["logits"] = policy(ids_BT, position_ids_BT, mask, runtime_gather_output=True)
         out["scores"] = reward(ids_BT, position_ids_BT, mask)
     out["logps"] = token_logprobs(policy, ids_BT, valid_BT).detach()
+    out["shared_scores"], out["full_scores"] = _shared_and_full_scores(reward)
     gen = dict(max_new_tokens=12, top_p=1.0, eos_token_ids=[VOCAB + 5])
     keys = _keys(len(prompts), 5)
     out["greedy"] = generate(policy, prompts, temperature=1.0, top_k=1, sample_keys=keys, **gen)
@@ -92,6 +93,38 @@ def scenario() -> dict:
     with torch.no_grad():
         out["hf_logits"] = tied(ids_BT, position_ids_BT, full_mask, runtime_gather_output=True)
     return out
+
+
+def _rollout_like():
+    """Sequences as a rollout has them: 2 responses per prompt (different lengths, one ending in
+    EOS at its first token), prompts of 1 to 12 tokens; with their score positions."""
+    from common.sequences import Sequence, score_positions
+
+    g = torch.Generator().manual_seed(9)
+    eos = VOCAB - 1
+    seqs = []
+    for n in (*PROMPT_LENGTHS, 1):
+        prompt = torch.randint(0, VOCAB - 1, (n,), generator=g).tolist()
+        seqs.append(Sequence(prompt, torch.randint(0, VOCAB - 1, (7,), generator=g).tolist()))
+        seqs.append(Sequence(prompt, torch.randint(0, VOCAB - 1, (n % 4,), generator=g).tolist() + [eos]))
+    return seqs, [score_positions(seqs, {eos}, where).tolist() for where in ("eos", "before_eos")]
+
+
+def _shared_and_full_scores(reward):
+    """common.reward_forward's scores (one group, and one prompt per group) and the full forward's
+    scores at the same positions."""
+    from common.logprobs import causal_padding_mask
+    from common.reward_forward import shared_prompt_scores
+    from common.sequences import pad_batch
+
+    seqs, positions = _rollout_like()
+    b = pad_batch(seqs)
+    T = b.ids_BT.shape[1]
+    with torch.no_grad():
+        full_BT = reward(b.ids_BT, torch.arange(T).expand(len(seqs), T), causal_padding_mask(b.valid_BT))
+    full = torch.stack([full_BT[torch.arange(len(seqs)), torch.tensor(p)] for p in positions])
+    shared = torch.tensor([[shared_prompt_scores(reward, seqs, p, max_rows) for p in positions] for max_rows in (16, 2)])
+    return shared, full
 
 
 @pytest.fixture(scope="module")
@@ -400,6 +433,25 @@ def test_reward_model_scores_per_position(tp1):
     assert tp1["scores"].std() > 0
 
 
+def test_shared_prompt_scores_equal_the_full_forward(tp1):
+    """Each prompt once and the last layer at the score positions only give the full forward's
+    scores: both score positions, prompts of 1-12 tokens, one group or one prompt per group."""
+    full = tp1["full_scores"]  # [where, B]
+    assert full.std() > 0.05 and not torch.equal(full[0], full[1])
+    for shared in tp1["shared_scores"]:
+        torch.testing.assert_close(shared, full, atol=1e-5, rtol=0)
+
+
+def test_shared_prompt_scores_reject_positions_inside_the_prompt(world1):
+    from common.model import build_reward_model
+    from common.reward_forward import shared_prompt_scores
+
+    seqs, _ = _rollout_like()
+    reward = build_reward_model(_arch(), dtype=torch.float32, seed=1)
+    with pytest.raises(ValueError, match="outside the last prompt token"):
+        shared_prompt_scores(reward, seqs[:1], [0], 16)
+
+
 # ------------------------------------------------------------------------------------ HF parity
 
 
@@ -438,6 +490,7 @@ def test_tp2_equals_tp1(tp1, tp2):
         torch.testing.assert_close(out["logits"], tp1["logits"], atol=1e-5, rtol=0)
         torch.testing.assert_close(out["logps"], tp1["logps"], atol=1e-5, rtol=0)
         torch.testing.assert_close(out["scores"], tp1["scores"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(out["shared_scores"], tp1["shared_scores"], atol=1e-5, rtol=0)
         torch.testing.assert_close(out["hf_logits"], tp1["hf_logits"], atol=1e-5, rtol=0)
         assert out["greedy"] == tp1["greedy"], rank
         assert out["sampled"] == tp1["sampled"], rank

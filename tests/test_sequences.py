@@ -1,5 +1,6 @@
 """Padding, response masks and score positions: padding never counts, EOS handling is explicit."""
 
+import pytest
 import torch
 
 from common.sequences import Sequence, has_eos, pad_batch, score_positions, summed_response_logps
@@ -28,29 +29,21 @@ def test_has_eos():
     assert has_eos([1, EOS], {EOS}) and not has_eos([1, 2], {EOS})
 
 
-def test_forward_batches_cut_where_padding_would_dominate_and_keep_every_row():
-    from common.sequences import MIN_BATCH_TOKENS, Sequence, forward_batches, in_input_order, pad_batch
+def test_length_cuts_cut_where_padding_would_dominate_and_keep_every_row():
+    from common.sequences import MIN_BATCH_TOKENS, length_cuts
 
-    # 4 long rows (~400 tokens) among 12 short ones (~60), interleaved as a rollout has them
-    lengths = [60, 410, 55, 64, 400, 58, 61, 395, 57, 62, 59, 420, 63, 56, 60, 61]
-    seqs = [Sequence(list(range(n - 8)), [7] * 8) for n in lengths]
-    batches, order = forward_batches(seqs, 16, torch.device("cpu"), {"tag": list(range(16))})
-    assert sorted(order) == list(range(16))
-    rows = [r for b in batches for r in b.aux["tag"].tolist()]
-    assert rows == order  # aux values travel with their sequences
-    assert in_input_order(rows, order) == list(range(16))
-    for b, start in zip(batches, [0, *torch.cumsum(torch.tensor([x.ids_BT.shape[0] for x in batches]), 0).tolist()]):
-        for row, i in enumerate(order[start : start + b.ids_BT.shape[0]]):
-            n = lengths[i]
-            assert b.ids_BT[row, :n].tolist() == seqs[i].prompt_ids + seqs[i].response_ids
-    padded = sum(b.ids_BT.numel() for b in batches)
-    assert len(batches) == 2 and padded < 0.5 * pad_batch(seqs).ids_BT.numel()
-    assert all(b.valid_BT.sum() >= MIN_BATCH_TOKENS for b in batches)
+    # 4 long rows (~400 tokens) among 12 short ones (~60), sorted as the caller sorts them
+    lengths = sorted([60, 410, 55, 64, 400, 58, 61, 395, 57, 62, 59, 420, 63, 56, 60, 61], reverse=True)
+    cuts = length_cuts(lengths, 16)
+    assert [a for a, _ in cuts] == [0] + [b for _, b in cuts[:-1]] and cuts[-1][1] == 16  # every row, in order
+    padded = sum(lengths[a] * (b - a) for a, b in cuts)
+    assert cuts == [(0, 4), (4, 16)] and padded < 0.5 * lengths[0] * 16
+    assert all(sum(lengths[a:b]) >= MIN_BATCH_TOKENS for a, b in cuts)
 
-    # similar lengths, or too few tokens to split: one batch, as before
-    even = [Sequence(list(range(50 + i)), [7] * 8) for i in range(16)]
-    assert len(forward_batches(even, 16, torch.device("cpu"))[0]) == 1
-    few = [Sequence(list(range(n)), [7]) for n in (300, 10, 12, 9)]
-    assert len(forward_batches(few, 16, torch.device("cpu"))[0]) == 1
+    # similar lengths, or too few tokens to split: one batch
+    assert length_cuts([58 - i for i in range(16)], 16) == [(0, 16)]
+    assert length_cuts([301, 13, 11, 10], 16) == [(0, 4)]
     # never more than `size` rows in a batch
-    assert [b.ids_BT.shape[0] for b in forward_batches(even, 4, torch.device("cpu"))[0]] == [4, 4, 4, 4]
+    assert length_cuts([58 - i for i in range(16)], 4) == [(0, 4), (4, 8), (8, 12), (12, 16)]
+    with pytest.raises(ValueError, match="sorted longest first"):
+        length_cuts([10, 20], 4)
