@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
+import threading
 from collections import Counter
 
 import ray
@@ -14,6 +16,7 @@ from common.config import PROJECT_ROOT, placed_roles
 from common.device import Device
 from common.placement import Node, check_nodes, cluster_nodes, plan_placement
 from common.quiet import quiet_private_ray
+from common.rank_process import PROCESS_CLASSES
 from common.worker_group import GuestGroup, WorkerGroup
 
 
@@ -42,6 +45,11 @@ def cluster_address() -> str:
     return address
 
 
+def private_instance(nodes: int) -> bool:
+    """A run on one node without ``RAY_ADDRESS`` gets its own Ray instance (``ray.init``)."""
+    return nodes == 1 and "RAY_ADDRESS" not in os.environ
+
+
 def start_ray(nodes: int, worker_env: dict[str, str] | None = None) -> None:
     """One node: a private Ray instance sized to this machine. Several: join the running cluster
     (``cluster_address``).
@@ -54,7 +62,7 @@ def start_ray(nodes: int, worker_env: dict[str, str] | None = None) -> None:
     # started without it): this is how the curves are checked under other CPU kernels
     kernels = {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY",) if k in os.environ}
     runtime_env = {"env_vars": {"PYTHONPATH": pythonpath, **kernels, **(worker_env or {})}}
-    if nodes == 1 and "RAY_ADDRESS" not in os.environ:
+    if private_instance(nodes):
         quiet_private_ray()
         # address="local": always a private instance, never an unrelated cluster running on this machine
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="warning", runtime_env=runtime_env)
@@ -69,6 +77,48 @@ def start_ray(nodes: int, worker_env: dict[str, str] | None = None) -> None:
             ) from None
         except ConnectionError as e:
             raise ValueError(f"Ray cluster at {address}: could not join it ({e}); " + NO_CLUSTER) from None
+
+
+class BackgroundRay:
+    """A private Ray instance (``start_ray(1, ...)``) starting on a thread while the driver does its
+    own checks: loading the tokenizer and reading the prompts take about as long as Ray's start
+    (~2.5-3 s each on 2 cores; Ray's start is mostly waiting for its processes).
+
+    No worker is created before ``wait`` returns, so a bad input still fails before any model is
+    built, its message printed at once; ``cancel`` shuts down what started when the process exits.
+    The thread stays (idle) for the life of the process: Ray's processes are tied to the thread
+    that started them (Linux ``PR_SET_PDEATHSIG`` fires when that *thread* ends), so it must not
+    return.
+    """
+
+    def __init__(self, worker_env: dict[str, str]):
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        threading.Thread(target=self._run, args=(worker_env,), name="ray-start", daemon=True).start()
+
+    def _run(self, worker_env: dict[str, str]) -> None:
+        try:
+            start_ray(1, worker_env)
+        except BaseException as e:  # noqa: BLE001 - re-raised by wait() on the driver's thread
+            self._error = e
+        finally:
+            self._started.set()
+        threading.Event().wait()
+
+    def wait(self) -> None:
+        """Until Ray is up; raises what its start raised."""
+        self._started.wait()
+        if self._error is not None:
+            raise self._error
+
+    def cancel(self) -> None:
+        """The driver's checks failed: the instance is shut down when the process exits (once its
+        start has finished), after the error message is printed: the message does not wait for Ray."""
+        atexit.register(self._shut_down)
+
+    def _shut_down(self) -> None:
+        self._started.wait()
+        ray.shutdown()
 
 
 def device_resource(cfg: DictConfig, device: Device) -> str | None:
@@ -94,9 +144,8 @@ def build_roles(cfg: DictConfig, device: Device, plan: dict[str, list[Node]]) ->
     Each rank gets an equal share of its node's CPUs as its Ray CPU resource; on CPU, torch threads
     for the cores its role has on that node: roles run one after another within an iteration, so a
     role's ranks never compete with another role's for cores. Roles in ``resource_pool.colocate``
-    get no processes: the actor's hold them (``ColocatedWorker``), and their groups are views of it.
+    get no processes: the actor's hold them (``common.rank_process``), and their groups are views of it.
     """
-    from common.workers import WORKER_CLASSES, ColocatedWorker  # Megatron is imported by the workers, not before the checks
 
     resource = device_resource(cfg, device)
     colocated = tuple(cfg.resource_pool.colocate)
@@ -114,8 +163,7 @@ def build_roles(cfg: DictConfig, device: Device, plan: dict[str, list[Node]]) ->
         role_per_node = Counter(n.node_id for n in nodes)
         threads = max(1, int(min(cpus[i] // k for i, k in role_per_node.items()))) if device.kind == "cpu" else 1
         guests = colocated if role == "actor_rollout" else ()
-        worker_cls = ColocatedWorker if guests else WORKER_CLASSES[role]
-        groups[role] = WorkerGroup(role, worker_cls, plain, nodes, resource, cpus_per_rank, threads, guests)
+        groups[role] = WorkerGroup(role, PROCESS_CLASSES[role], plain, nodes, resource, cpus_per_rank, threads, guests)
     for group in groups.values():  # every role's processes were started above, together: now each world forms
         group.connect()
     return {role: group.ready() for role, group in groups.items()}

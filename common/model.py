@@ -15,6 +15,7 @@ put mass on them.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import zlib
 
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.tensor_parallel import layers as tp_layers
 from megatron.core.transformer import TransformerConfig
 
 from common.arch import LlamaArch, layout_problem
@@ -57,6 +59,32 @@ def _skip_init(tensor: torch.Tensor) -> None:
     """Init method for Megatron's pass: values come from `_init_weights` afterwards."""
 
 
+@contextlib.contextmanager
+def _tag_only_cpu_init():
+    """While building: Megatron's CPU initialisation of a parallel weight only tags it.
+
+    With ``use_cpu_initialization`` Megatron allocates a full-size master weight per parallel weight,
+    runs the init method on it (``_skip_init``), splits it and copies this rank's part in: every
+    weight allocated and copied twice, ~0.2 s per model of the BENCH size, for values
+    ``_init_weights`` (or a checkpoint) then overwrites. What the pass must still do is tag the
+    weight as tensor-parallel (``tensor_model_parallel``, ``partition_dim``, ``partition_stride``):
+    untagged shards are counted as duplicates, e.g. only TP rank 0's enter the gradient norm. This
+    does exactly that, with Megatron's own ``set_tensor_model_parallel_attributes``.
+    """
+
+    def tag_only(weight, output_size, input_size, per_partition_size, partition_dim, init_method, stride=1,
+                 return_master_weight=False, *, skip_set_tensor_parallel_attributes=False, **_):  # fmt: skip
+        if not skip_set_tensor_parallel_attributes:
+            tp_layers.set_tensor_model_parallel_attributes(tensor=weight, is_parallel=True, dim=partition_dim, stride=stride)
+
+    original = tp_layers._initialize_affine_weight_cpu
+    tp_layers._initialize_affine_weight_cpu = tag_only
+    try:
+        yield
+    finally:
+        tp_layers._initialize_affine_weight_cpu = original
+
+
 def _transformer_config(arch: LlamaArch, dtype: torch.dtype) -> TransformerConfig:
     tp = parallel_state.get_tensor_model_parallel_world_size()
     pp = parallel_state.get_pipeline_model_parallel_world_size()
@@ -87,10 +115,8 @@ def _transformer_config(arch: LlamaArch, dtype: torch.dtype) -> TransformerConfi
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         # Parameters are allocated on CPU and filled by `_init_weights` (TP-layout independent);
-        # callers move the model to their device. Megatron's initialisation pass still runs, with
-        # no-op init methods, because it is also what tags parameters as tensor-parallel
-        # (`tensor_model_parallel`, `partition_dim`); untagged shards are counted as duplicates,
-        # e.g. only TP rank 0's shards would enter the gradient norm.
+        # callers move the model to their device. Megatron's initialisation pass still runs, as
+        # tagging only (`_tag_only_cpu_init`): it is what tags parameters as tensor-parallel.
         use_cpu_initialization=True,
         perform_initialization=True,
         init_method=_skip_init,
@@ -117,18 +143,19 @@ def _layer_spec():
 
 def _gpt(arch: LlamaArch, dtype: torch.dtype, *, tie: bool) -> GPTModel:
     config = _transformer_config(arch, dtype)
-    model = GPTModel(
-        config=config,
-        transformer_layer_spec=_layer_spec(),
-        vocab_size=padded_vocab_size(arch.vocab_size, config.tensor_model_parallel_size),
-        max_sequence_length=arch.max_position_embeddings,
-        pre_process=parallel_state.is_pipeline_first_stage(),
-        post_process=parallel_state.is_pipeline_last_stage(),
-        parallel_output=True,
-        share_embeddings_and_output_weights=tie,
-        position_embedding_type="rope",
-        rotary_base=arch.rope_theta,
-    )
+    with _tag_only_cpu_init():
+        model = GPTModel(
+            config=config,
+            transformer_layer_spec=_layer_spec(),
+            vocab_size=padded_vocab_size(arch.vocab_size, config.tensor_model_parallel_size),
+            max_sequence_length=arch.max_position_embeddings,
+            pre_process=parallel_state.is_pipeline_first_stage(),
+            post_process=parallel_state.is_pipeline_last_stage(),
+            parallel_output=True,
+            share_embeddings_and_output_weights=tie,
+            position_embedding_type="rope",
+            rotary_base=arch.rope_theta,
+        )
     # RoPE frequencies computed here (before any forward: Megatron caches the embeddings per
     # length), so Llama-3 scaling honours every factor of the arch.
     model.rotary_pos_emb.inv_freq = llama3_inv_freq(arch)

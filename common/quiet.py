@@ -10,6 +10,10 @@
   local instance. For the private single-node instance of a run nobody else can join, so the
   notice is dropped there only; on a cluster (``--nodes N``) every Ray message still shows, as
   does the warning Ray prints when token authentication is off.
+- Ray warns "SIGTERM handler is not set because current thread is not the main thread" when
+  ``ray.init`` runs on a thread, as the private instance's start does (common/cluster.py
+  ``BackgroundRay``); the driver installs its own SIGTERM handler after Ray's start anyway
+  (common/stop_signals.py), so that one is dropped too, for the private instance only.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ MEGATRON_NOISE = (
 )
 RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 RAY_AUTH_NOTICE = "Token authentication is enabled for this Ray cluster"
+RAY_WORKER_LOGGER = "ray._private.worker"
+RAY_THREAD_NOTICE = "SIGTERM handler is not set because current thread is not the main thread"
 
 
 def filter_library_warnings() -> None:
@@ -33,13 +39,19 @@ def filter_library_warnings() -> None:
         warnings.filterwarnings("ignore", message=text, category=UserWarning)
 
 
-class _DropRayAuthNotice(logging.Filter):
+class _DropRayNotice(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(RAY_AUTH_NOTICE)
+        return not record.getMessage().startswith(self.text)
 
 
 def quiet_private_ray() -> None:
-    """Drop Ray's token-auth notice for a private single-node instance (token auth stays on)."""
-    logger = logging.getLogger(RAY_AUTH_LOGGER)
-    if not any(isinstance(f, _DropRayAuthNotice) for f in logger.filters):
-        logger.addFilter(_DropRayAuthNotice())
+    """Drop Ray's token-auth notice (token auth stays on) and its started-on-a-thread warning, for a
+    private single-node instance."""
+    for name, text in ((RAY_AUTH_LOGGER, RAY_AUTH_NOTICE), (RAY_WORKER_LOGGER, RAY_THREAD_NOTICE)):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropRayNotice) and f.text == text for f in logger.filters):
+            logger.addFilter(_DropRayNotice(text))

@@ -3,10 +3,13 @@
 ``open_session`` does, in this order, everything before the first iteration:
 1. command line, config (frozen ``config.yaml``, then ``--overlay``, then ``key=value``; on
    ``--resume`` the stopped run's resolved config);
-2. the cheap checks, before Ray starts: every file the run reads exists (else the recipe's own
-   download/convert commands), the dtype suits the device, tokenizer, weights vs layouts, prompts;
-3. Ray (with ``--nodes N``: only the cluster of ``RAY_ADDRESS`` or ``ray start``, checked before
-   anything is written) and the placement plan (printed; a shortfall fails naming the role);
+2. the cheap checks, before any worker starts: every file the run reads exists (else the recipe's
+   own download/convert commands), the dtype suits the device, tokenizer, weights vs layouts,
+   prompts; on one node a private Ray instance starts on a thread meanwhile (shut down if a check
+   fails);
+3. Ray (with ``--nodes N``: only the cluster of ``RAY_ADDRESS`` or ``ray start``, joined after the
+   checks and before anything is written) and the placement plan (printed; a shortfall fails
+   naming the role);
 4. the run folder (``config.yaml``, ``command.json``);
 5. one worker group per role on its planned nodes (``placement.json``), and the restore of a
    checkpoint on ``--resume``.
@@ -40,7 +43,7 @@ from tqdm import tqdm
 
 from common import checkpoint
 from common.cli import Args, parse_args
-from common.cluster import build_roles, plan_roles, start_ray
+from common.cluster import BackgroundRay, build_roles, plan_roles, private_instance, start_ray
 from common.config import load_config, max_new_tokens
 from common.device import resolve_device
 from common.expected_curve import load_expected
@@ -261,26 +264,36 @@ def _open(recipe_dir: Path, args: Args, get_files: dict[str, str], stop: StopSig
         cfg = load_config(recipe_dir / "config.yaml", args.overrides, overlay)
     t, actor_cfg = cfg.training, cfg.actor_rollout_ref.actor_rollout
 
-    # --- everything that can fail cheaply, before Ray starts -----------------------------------
+    # --- everything that can fail cheaply, before any worker starts ---------------------------
     if not resume:
         check_out(args.out)
     check_files(cfg, get_files)
     device = resolve_device(t.device)
     device.compute_dtype(t.dtype)  # e.g. bf16 on a machine that resolved to CPU: fails here, not in a worker
-    tok = load_tokenizer(t.tokenizer_name_or_path)
-    check_weights(cfg, len(tok))
-    prompt_ids, raw_prompts, dropped = load_prompt_dataset(actor_cfg.data_path, tok, actor_cfg.max_prompt_length)
-    stream = PromptStream(prompt_ids, raw_prompts, t.global_batch_size, shuffle=not actor_cfg.no_shuffle, seed=t.seed)
-    first_step = 1
-    if resume:
-        stream.load_state_dict(resume.state["stream"])
-        first_step = resume.state["step"] + 1
-    n, new_tokens = actor_cfg.n_samples_per_prompt, max_new_tokens(cfg)
-    fixed = fixed_response_ids(actor_cfg.fixed_responses, tok, raw_prompts, n, new_tokens) if actor_cfg.fixed_responses else None
-    rewards = build_rewards(cfg.reward, tok)  # imports reward functions, loads a reward tokenizer: fails before Ray
+    # a private Ray instance starts meanwhile (common/cluster.py BackgroundRay); no worker before the checks pass
+    background = BackgroundRay(device.worker_env()) if private_instance(args.nodes) else None
+    try:
+        tok = load_tokenizer(t.tokenizer_name_or_path)
+        check_weights(cfg, len(tok))
+        prompt_ids, raw_prompts, dropped = load_prompt_dataset(actor_cfg.data_path, tok, actor_cfg.max_prompt_length)
+        stream = PromptStream(prompt_ids, raw_prompts, t.global_batch_size, shuffle=not actor_cfg.no_shuffle, seed=t.seed)
+        first_step = 1
+        if resume:
+            stream.load_state_dict(resume.state["stream"])
+            first_step = resume.state["step"] + 1
+        n, new_tokens = actor_cfg.n_samples_per_prompt, max_new_tokens(cfg)
+        fixed = fixed_response_ids(actor_cfg.fixed_responses, tok, raw_prompts, n, new_tokens) if actor_cfg.fixed_responses else None
+        rewards = build_rewards(cfg.reward, tok)  # imports reward functions, loads a reward tokenizer: fails before any worker
+    except BaseException:
+        if background:
+            background.cancel()
+        raise
 
     # --- Ray: with --nodes N the cluster must exist before the run folder does -----------------
-    start_ray(args.nodes, device.worker_env())
+    if background:
+        background.wait()
+    else:
+        start_ray(args.nodes, device.worker_env())
     stop.install()  # replaces the SIGTERM handler ray.init installed (it aborts: exit 134)
     plan, nodes = plan_roles(cfg, device, args.nodes)
 

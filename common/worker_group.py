@@ -7,8 +7,8 @@ Every wait also watches the other roles (``get_or_fail_fast``), so a lost worker
 seconds, and ``restart`` replaces a role's workers on the same bundles (``training.max_restarts``).
 
 Roles listed in ``resource_pool.colocate`` have no processes of their own: the host group's
-processes hold them too (``common.workers.ColocatedWorker``), and each is a ``GuestGroup`` that
-sends its calls to its part of those processes.
+processes hold them too (``common.rank_process``), and each is a ``GuestGroup`` that sends its
+calls to its part of those processes.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class WorkerGroup:
 
     def __init__(self, role: str, worker_cls: type, cfg: dict, nodes: list[Node], device_resource: str | None, cpus_per_rank: float, num_threads: int, guests: tuple[str, ...] = ()):
         """One worker per entry of ``nodes`` (rank i runs on ``nodes[i]``, pinned by node id).
-        With ``guests`` (roles colocated in these processes), ``worker_cls`` is ``ColocatedWorker``."""
+        ``worker_cls``: a ``common.rank_process.RankProcess``; its processes also hold the ``guests`` (roles colocated)."""
         self.role, self.guests = role, tuple(guests)
         ranks = len(nodes)
         self.pg = placement_group(
@@ -61,7 +61,7 @@ class WorkerGroup:
         )
         ray.get(self.pg.ready(), timeout=120)
         self._spawn = (ray.remote(worker_cls), cfg, device_resource, cpus_per_rank, num_threads)
-        self._who = [role, *guests] if guests else role  # the worker's first argument
+        self._who = [role, *guests]  # the roles the processes hold
         self.restarts = 0
         self.spawn()
         GROUPS.append(self)
@@ -93,8 +93,8 @@ class WorkerGroup:
     def ready(self) -> "WorkerGroup":
         """Wait until every rank has formed the world and built its model (after ``connect``)."""
         layouts = get_or_fail_fast(self._pending, [], self)  # the other roles are building too: no pings
-        self.role_layouts = layouts  # with guests: {role: layout} per rank (ColocatedWorker)
-        self.layouts = [lay[self.role] for lay in layouts] if self.guests else layouts
+        self.role_layouts = layouts  # {role: layout} per rank (RankProcess)
+        self.layouts = [lay[self.role] for lay in layouts]
         self.dp_size = self.layouts[0]["dp_size"]
         return self
 
@@ -104,9 +104,7 @@ class WorkerGroup:
         return "+".join((self.role, *self.guests))
 
     def _remote(self, worker, method: str, *args: Any, **kwargs: Any):
-        if self.guests or self.host is not None:  # a ColocatedWorker: the call goes to this role's part
-            return worker.call.remote(self.role, method, *args, **kwargs)
-        return getattr(worker, method).remote(*args, **kwargs)
+        return worker.call.remote(self.role, method, *args, **kwargs)  # this role's part of the process
 
     def restart(self) -> None:
         """Replace every rank with a fresh worker on the same bundle (the others of a world that lost

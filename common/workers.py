@@ -323,30 +323,3 @@ class RewardWorker(RoleWorker):
 
 WORKER_CLASSES = {"actor_rollout": ActorWorker, "rollout": GeneratorWorker, "ref": ReferenceWorker, "reward": RewardWorker}
 
-
-class ColocatedWorker:
-    """One process per rank holding several roles (``resource_pool.colocate``): the actor's training
-    rank and the reference and/or reward model of the same rank. The roles have the same ranks, TP
-    and PP, so one torch.distributed world and one Megatron parallel state serve them all; the driver
-    calls one role at a time (``call``), so they never compete for the process's cores. What this
-    saves is the start-up (Ray, torch and Megatron imported once instead of once per role) and the
-    memory of the extra processes; what is computed is the same."""
-
-    def __init__(self, roles: list[str], cfg: dict, rank: int, world_size: int, num_threads: int):
-        self.parts = {role: WORKER_CLASSES[role](role, cfg, rank, world_size, num_threads) for role in roles}
-        self.host = self.parts[roles[0]]
-
-    def master_address(self) -> tuple[str, int]:
-        return self.host.master_address()
-
-    def init_distributed(self, master_addr: str, master_port: int) -> dict[str, dict[str, Any]]:
-        """The world forms once (the host role builds its model then), then the others build."""
-        layouts = {self.host.role: self.host.init_distributed(master_addr, master_port)}
-        for role, part in self.parts.items():
-            if part is not self.host:
-                part.build()
-                layouts[role] = part.layout()
-        return layouts
-
-    def call(self, role: str, method: str, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self.parts[role], method)(*args, **kwargs)

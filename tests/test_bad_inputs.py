@@ -34,7 +34,7 @@ def test_bad_input_is_refused_clearly(results, case):
     expect = case.expect.replace("{w}", r["w"])
     assert r["rc"] != 0, r["output"][-2000:]
     assert expect in r["output"], r["output"][-2000:]
-    assert "Traceback" not in r["output"] and "reached Ray start" not in r["output"], r["output"][-3000:]
+    assert "Traceback" not in r["output"] and "reached Ray" not in r["output"], r["output"][-3000:]
     assert r["changed"] == [], f"files created or changed: {r['changed']}"
 
 

@@ -81,7 +81,7 @@ def whole(short_run):
 def test_killed_worker_stops_with_resume_command_then_resume_completes(tmp_path, whole):
     job = Job(tmp_path / "run", *SETTINGS)
     job.wait_rows(2)  # checkpoint 2 is complete
-    ref = job.worker("ReferenceWorker")
+    ref = job.worker("ReferenceProcess")
     killed = time.monotonic()
     ref.kill()
     rc = job.wait()
@@ -104,7 +104,7 @@ def test_killed_worker_stops_with_resume_command_then_resume_completes(tmp_path,
 def test_max_restarts_survives_a_killed_worker(tmp_path, whole):
     job = Job(tmp_path / "run", *SETTINGS, "training.max_restarts=1")
     job.wait_rows(3)  # past checkpoint 2: the restart goes back to it and repeats iteration 3
-    job.worker("ReferenceWorker").kill()
+    job.worker("ReferenceProcess").kill()
     rc = job.wait()
     assert rc == 0, job.last_lines(30)
     assert "Restarting every role from iter_000002" in job.log.read_text()
@@ -218,7 +218,7 @@ def test_library_noise_is_filtered_and_the_rest_shows(caplog):
     import logging
     import warnings
 
-    from common.quiet import RAY_AUTH_LOGGER, filter_library_warnings, quiet_private_ray
+    from common.quiet import RAY_AUTH_LOGGER, RAY_WORKER_LOGGER, filter_library_warnings, quiet_private_ray
 
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
@@ -233,3 +233,9 @@ def test_library_noise_is_filtered_and_the_rest_shows(caplog):
         logger.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.")
         logger.warning("Token authentication is disabled for this Ray cluster. Anyone with network access ...")
     assert [r.getMessage()[:40] for r in caplog.records] == ["Token authentication is disabled for thi"]
+    caplog.clear()
+    logger = logging.getLogger(RAY_WORKER_LOGGER)
+    with caplog.at_level(logging.WARNING, logger=RAY_WORKER_LOGGER):
+        logger.warning("SIGTERM handler is not set because current thread is not the main thread.")
+        logger.warning("some other Ray warning")
+    assert [r.getMessage() for r in caplog.records] == ["some other Ray warning"]

@@ -8,7 +8,8 @@ the expected fragment, no traceback, nothing created or changed) and ``docs/bad_
 written from the same runs. Each case runs in a fresh work folder as its current directory.
 ``./run.sh``, ``python -m data.prepare`` and ``python -m tools.convert_checkpoint`` cases run their
 entry points in this one process (torch is imported once, not once per case: about 2 s of CPU
-saved each); a case that would reach Ray stops there and counts as not refused. Cases whose command
+saved each); a case that would reach Ray's workers (the end of the driver's checks) stops there and
+counts as not refused; the private Ray instance that starts during the checks is not started in-process. Cases whose command
 is shell (``via="shell"``: run.sh's own checks, a read-only mount) run as real subprocesses.
 """
 
@@ -231,7 +232,7 @@ CASES = [
 
 
 class ReachedRay(Exception):
-    """Raised instead of starting Ray: the case was not refused before Ray."""
+    """Raised where the driver's checks end: the case was not refused before Ray's workers."""
 
 
 def _snapshot(*folders: Path) -> dict[str, tuple[int, int]]:
@@ -257,6 +258,7 @@ def _in_process(words: list[str]) -> tuple[int, str]:
                 from common import session
 
                 session.start_ray = _reached_ray  # a case that gets this far was not refused in time
+                session.BackgroundRay = _NoBackgroundRay  # nor one that waits for the private instance
                 session.open_session(ROOT / "recipes" / words[1], words[2:])
                 rc = 0
             elif words[:3] == ["python", "-m", "data.prepare"]:
@@ -284,7 +286,20 @@ def _in_process(words: list[str]) -> tuple[int, str]:
 
 
 def _reached_ray(*_args, **_kwargs):
-    raise ReachedRay("reached Ray start: this input was not refused before Ray")
+    raise ReachedRay("reached Ray: this input was not refused by the driver's checks")
+
+
+class _NoBackgroundRay:
+    """``session.BackgroundRay`` for in-process cases: starts nothing; the checks' end raises."""
+
+    def __init__(self, *_args, **_kwargs):
+        pass
+
+    def wait(self) -> None:
+        _reached_ray()
+
+    def cancel(self) -> None:
+        pass
 
 
 def can_mount() -> bool:
@@ -354,7 +369,7 @@ def table(results: dict[str, dict]) -> str:
         "",
         "Written by `.venv/bin/python -m tools.bad_inputs --write-table docs/bad_inputs.md` from real runs of",
         "every case in `tools/bad_inputs.py` (`CASES`); `tests/test_bad_inputs.py` runs the same cases and checks",
-        "that each exits non-zero with its expected message, without a traceback, before Ray, and creates or",
+        "that each exits non-zero with its expected message, without a traceback, before any Ray worker, and creates or",
         "changes no file. `$W` is the case's work folder (its current directory), `$S` a shared folder holding a",
         "2-layer, 4-head Hugging Face Llama (`$S/hf`). AR = `actor_rollout_ref.actor_rollout`. The rows follow",
         "`../shared/reference/bad-inputs.md` (sections: wrong, unclear, clear).",
