@@ -5,8 +5,9 @@
 
 Builds the policy and reward model of the BENCH CONFIG (bench/workload.py) in a 1-rank gloo world and
 times, on 16 sequences (8 prompts x 2 samples) of prompt length ~L + 64 response tokens, what the
-workers do: reference log-probs (forward), reward scores (forward), the policy's forward + backward
-(no optimizer), and generation. Each phase runs two ways, interleaved so that both see the same
+workers do: reference log-probs (forward), reward scores (each prompt once, the last layer at the
+score positions: common/reward_forward.py), the policy's forward + backward (no optimizer), and
+generation. Each phase runs two ways, interleaved so that both see the same
 machine load: `now` (the project's code) and `dense_full` (the way it was before: Megatron's dense
 DotProductAttention with a [B, 1, T, T] mask, and the output layer + cross entropy over every
 position). Best of --repeats each. For checking a change quickly; bench/vs_trl.py is the measure
@@ -44,6 +45,7 @@ def main() -> int:
     from common.device import resolve_device
     from common.generation import generate
     from common.logprobs import logprob_inputs
+    from common.reward_forward import shared_prompt_scores
     from common.schedule import run_microbatches
     from common.sequences import Sequence, pad_batch, summed_response_logps
 
@@ -77,8 +79,8 @@ def main() -> int:
                         summed_response_logps(-policy(b.ids_BT, pos_BT, mask, labels=labels_BT)[:, :-1], b)
             elif name == "reward":
                 with torch.no_grad():
-                    if variant == "now":
-                        run_microbatches(reward, [b], lambda bb, x: (x.new_zeros(()), {}), forward_only=True, output="scores")
+                    if variant == "now":  # each prompt once, the last layer at the score positions only
+                        shared_prompt_scores(reward, seqs, [len(s.prompt_ids) + len(s.response_ids) - 1 for s in seqs], len(seqs))
                     else:
                         reward(b.ids_BT, pos_BT, mask)
             elif name == "train":
