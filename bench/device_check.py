@@ -12,7 +12,10 @@ architecture, dtype, micro-batch sizes, sampling, optimizer and DPO settings. We
   build       actor, reference (same seed: same weights) and reward model, moved to the device
   generate    KV-cache sampling, --prompts x n_samples_per_prompt rows x max_new_tokens
               (common.generation.generate, as the actor's workers call it)
-  reward      reward-model scores at each response's first EOS (common.sequences.collect_scores)
+  reward      reward-model scores at each response's first EOS as the workers compute them with
+              PP = 1 (common.reward_forward: each prompt once, the last layer at the score positions)
+  reward_full the same scores through the full forward (Megatron's schedule, as with PP > 1): must
+              equal the above within rounding (model FLOPs of the full forward counted for both)
   reference   summed response log-probs of both members of every pair, in the loop's layout,
               run twice: the second forward must equal the first
   optimizer   Megatron DDP + Megatron Adam (bf16: Float16OptimizerWithFloat16Params, fp32 main
@@ -61,6 +64,8 @@ PROMPT_ID_RANGE = 128000  # prompts draw ordinary (non-special) Llama-3 ids
 # sequences in another row order), and a repeated forward vs the first (relative to |log-prob|)
 LOSS_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 REPEAT_RTOL = {torch.float32: 1e-6, torch.bfloat16: 1e-4, torch.float16: 1e-4}
+# reward scores two ways (different GEMM shapes and attention order): relative to the largest score
+SHARED_RTOL = {torch.float32: 1e-4, torch.bfloat16: 1e-1, torch.float16: 1e-1}
 TOY_OVERRIDES = ["training.seq_length=24", "actor_rollout_ref.actor_rollout.max_prompt_length=16"]  # 8 new tokens
 
 
@@ -172,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     from common.model import build_policy, build_reward_model
     from common.optimizer import AdamSettings, build_actor_optimizer, train_step
     from common.pairs import apply_missing_eos_penalty, select_pairs
+    from common.reward_forward import shared_prompt_scores
     from common.sampling import sample_key
     from common.schedule import run_microbatches
     from common.sequences import Sequence, collect_response_logps, collect_scores, has_eos, micro_batches, score_positions
@@ -229,11 +235,16 @@ def main(argv: list[str] | None = None) -> int:
     # --- reward -------------------------------------------------------------------------------
     positions = score_positions(flat, set(stop_ids), cfg.reward.score_position).tolist()
     reward_batches = micro_batches(flat, 2 * cfg.reward.micro_batch_size, torch_device, {"pos": positions})
-    stats = phases.run(
-        "reward", lambda: run_microbatches(reward, reward_batches, collect_scores, forward_only=True, output="scores"),
-        lambda _: batch_forward_flops(reward_arch, n_reward, reward_batches),
+    reward_flops = batch_forward_flops(reward_arch, n_reward, reward_batches)
+    scores = phases.run(
+        "reward", lambda: shared_prompt_scores(reward, flat, positions, 2 * cfg.reward.micro_batch_size), lambda _: reward_flops,
     )  # fmt: skip
-    scores_PN = torch.tensor([x for s in stats for x in s["scores"].cpu().tolist()]).view(args.prompts, n_samples)
+    stats = phases.run(
+        "reward_full", lambda: run_microbatches(reward, reward_batches, collect_scores, forward_only=True, output="scores"),
+        lambda _: reward_flops,
+    )  # fmt: skip
+    scores_full = torch.tensor([x for s in stats for x in s["scores"].cpu().tolist()])
+    scores_PN = torch.tensor(scores).view(args.prompts, n_samples)
     has_eos_PN = torch.tensor([[has_eos(s.response_ids, set(stop_ids)) for s in row] for row in seqs_PN])
     pairs = select_pairs(apply_missing_eos_penalty(scores_PN, has_eos_PN, a.missing_eos_penalty))
     chosen = [row[int(c)] for row, c in zip(seqs_PN, pairs.chosen_P)]
@@ -303,7 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     total_flops, total_secs = sum(r["flops"] for r in timed), sum(r["seconds"] for r in timed)
     repeat_diff = float((first - second).abs().max())
     repeat_tol = REPEAT_RTOL[dtype] * float(first.abs().max())
+    shared_diff = float((scores_PN.flatten() - scores_full).abs().max())
+    shared_tol = SHARED_RTOL[dtype] * max(1.0, float(scores_full.abs().max()))
     checks = {
+        "reward_shared_equals_full": {"max_abs_diff": shared_diff, "tolerance": shared_tol, "ok": shared_diff <= shared_tol},
         "step1_loss_ln2": {"value": loss_step1, "expected": math.log(2), "tolerance": LOSS_TOLERANCE[dtype],
                            "ok": abs(loss_step1 - math.log(2)) <= LOSS_TOLERANCE[dtype]},
         "repeat_forward": {"max_abs_diff": repeat_diff, "tolerance": repeat_tol, "ok": repeat_diff <= repeat_tol},

@@ -1,7 +1,7 @@
 """bench/device_check.py at toy scale on CPU: the engine's pieces (generation, reward, reference,
 one DPO step with Megatron's optimizer, checkpoint save + load) in one process, without Ray, with
-its own checks (step-1 loss ln 2, repeated forward equal, finite loss after the step, checkpoint
-round trip). The same script runs at llama32_1b size in bf16 on a GPU (bench/device_check.sh)."""
+its own checks (reward scores of the workers' path equal to the full forward's, step-1 loss ln 2,
+repeated forward equal, finite loss after the step, checkpoint round trip). The same script runs at llama32_1b size in bf16 on a GPU (bench/device_check.sh)."""
 
 import json
 import math
@@ -25,7 +25,9 @@ def test_device_check_toy_cpu(tmp_path):
     assert r["environment"]["ray_imported"] is False
     assert r["workload"]["prompts"] * r["workload"]["samples_per_prompt"] == r["generation"]["rows"] == 16
     assert r["generation"]["generated_tokens"] > 0 and r["generation"]["tokens_per_s"] > 0
-    for phase in ("build", "generate", "reward", "reference", "reference2", "optimizer", "train", "after", "save", "load"):
+    # the workers' reward path (each prompt once, last layer at the score positions) = the full forward
+    assert r["checks"]["reward_shared_equals_full"]["max_abs_diff"] <= 1e-4
+    for phase in ("build", "generate", "reward", "reward_full", "reference", "reference2", "optimizer", "train", "after", "save", "load"):
         assert r["phases"][phase]["seconds"] >= 0
     assert r["phases"]["train"]["mfu"] > 0  # against a measured fp32 matmul peak (noisy on a shared CPU: no upper bound)
     assert r["peak_memory"] > 0
