@@ -193,15 +193,17 @@ class _RotatedKeyDecoder:
             keys[position : position + 1] = apply_rotary_pos_emb(key, freqs, config=self.config)
             values[position : position + 1] = value
             context = attention.core_attention(query, keys[: position + 1], values[: position + 1], mask)
-            x_1BH = _residual_add(x_1BH, attention.linear_proj(context))
-            x_1BH = _residual_add(x_1BH, layer.mlp(layer.pre_mlp_layernorm(x_1BH)))
+            x_1BH = residual_add(x_1BH, attention.linear_proj(context))
+            x_1BH = residual_add(x_1BH, layer.mlp(layer.pre_mlp_layernorm(x_1BH)))
         x_1BH = self.gpt.decoder.final_layernorm(x_1BH)
         logits_1BV, _ = self.gpt.output_layer(x_1BH, weight=self.output_weight, runtime_gather_output=True)
         # [B, 1, V] vocabulary-major (a view, no copy): common/sampling.py reads that layout as it is
         return logits_1BV.transpose(0, 1)
 
 
-def _residual_add(residual, output_with_bias):
+def residual_add(residual, output_with_bias):
+    """Megatron's bias-dropout-add without dropout (eval): ``residual + output (+ bias)``; for the
+    layer loops that run a model's own modules outside its forward (here and common/reward_forward.py)."""
     output, bias = output_with_bias
     return residual + (output if bias is None else output + bias)
 

@@ -29,12 +29,8 @@ from __future__ import annotations
 import torch
 from megatron.core.models.common.embeddings.rotary_pos_embedding import apply_rotary_pos_emb
 
+from common.generation import residual_add
 from common.sequences import Sequence, length_cuts
-
-
-def _residual_add(residual: torch.Tensor, output_with_bias) -> torch.Tensor:
-    output, bias = output_with_bias
-    return residual + (output if bias is None else output + bias)
 
 
 def _ids(rows: list[list[int]], length: int, device: torch.device) -> torch.Tensor:
@@ -57,8 +53,8 @@ def _prefix_keys_values(gpt, prefixes: list[tuple[int, ...]], freqs, device) -> 
         q, k = apply_rotary_pos_emb(q, freqs[:Lp], config=config), apply_rotary_pos_emb(k, freqs[:Lp], config=config)
         kept.append((k, v))
         if i < len(layers) - 1:  # the last layer's outputs at prompt positions are never read
-            x_SBH = _residual_add(x_SBH, attention.linear_proj(attention.core_attention(q, k, v, None)))
-            x_SBH = _residual_add(x_SBH, layer.mlp(layer.pre_mlp_layernorm(x_SBH)))
+            x_SBH = residual_add(x_SBH, attention.linear_proj(attention.core_attention(q, k, v, None)))
+            x_SBH = residual_add(x_SBH, layer.mlp(layer.pre_mlp_layernorm(x_SBH)))
     return kept
 
 
@@ -85,13 +81,10 @@ def _tail_scores(gpt, tails: list[list[int]], start_B: torch.Tensor, kept, sourc
         if kept:
             k = torch.cat([kept[i][0].index_select(1, source_B), k])
             v = torch.cat([kept[i][1].index_select(1, source_B), v])
-        if i < len(layers) - 1:
-            x_SBH = _residual_add(x_SBH, attention.linear_proj(attention.core_attention(q, k, v, mask)))
-        else:  # the score positions only: one query per row
-            q, mask = q[last_B, rows_B][None], mask[rows_B, :, last_B][:, :, None]
-            x_SBH = x_SBH[last_B, rows_B][None]
-            x_SBH = _residual_add(x_SBH, attention.linear_proj(attention.core_attention(q, k, v, mask)))
-        x_SBH = _residual_add(x_SBH, layer.mlp(layer.pre_mlp_layernorm(x_SBH)))
+        if i == len(layers) - 1:  # the score positions only: one query per row
+            q, mask, x_SBH = q[last_B, rows_B][None], mask[rows_B, :, last_B][:, :, None], x_SBH[last_B, rows_B][None]
+        x_SBH = residual_add(x_SBH, attention.linear_proj(attention.core_attention(q, k, v, mask)))
+        x_SBH = residual_add(x_SBH, layer.mlp(layer.pre_mlp_layernorm(x_SBH)))
     scores_1B1, _ = gpt.output_layer(gpt.decoder.final_layernorm(x_SBH))
     return scores_1B1[0, :, 0].float()
 
