@@ -12,4 +12,4 @@ fi
 recipe=$1; shift
 py="$here/.venv/bin/python"
 [ -x "$py" ] || { echo "no .venv here: run ./setup.sh first" >&2; exit 2; }
-exec "$py" "$here/recipes/$recipe/run.py" "$@"
+exec "$py" -m common.launch "$recipe" "$@"  # Ray starts first, then recipes/$recipe/run.py (common/launch.py)

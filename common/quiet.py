@@ -11,7 +11,7 @@
   notice is dropped there only; on a cluster (``--nodes N``) every Ray message still shows, as
   does the warning Ray prints when token authentication is off.
 - Ray warns "SIGTERM handler is not set because current thread is not the main thread" when
-  ``ray.init`` runs on a thread, as the private instance's start does (common/cluster.py
+  ``ray.init`` runs on a thread, as the private instance's start does (common/ray_start.py
   ``BackgroundRay``); the driver installs its own SIGTERM handler after Ray's start anyway
   (common/stop_signals.py), so that one is dropped too, for the private instance only.
 """

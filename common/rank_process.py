@@ -25,6 +25,8 @@ class RankProcess:
 
         self.parts = {role: WORKER_CLASSES[role](role, cfg, rank, world_size, num_threads) for role in roles}
         self.host = self.parts[roles[0]]
+        if "ref" in self.parts and self.host.role == "actor_rollout":  # built after the host: may copy its weights
+            self.parts["ref"].actor = self.host
 
     def master_address(self) -> tuple[str, int]:
         return self.host.master_address()

@@ -3,15 +3,17 @@
 ``open_session`` does, in this order, everything before the first iteration:
 1. command line, config (frozen ``config.yaml``, then ``--overlay``, then ``key=value``; on
    ``--resume`` the stopped run's resolved config);
-2. the cheap checks, before any worker starts: every file the run reads exists (else the recipe's
+2. the cheap checks, before any model is built: every file the run reads exists (else the recipe's
    own download/convert commands), the dtype suits the device, tokenizer, weights vs layouts,
-   prompts; on one node a private Ray instance starts on a thread meanwhile (shut down if a check
-   fails);
+   prompts. On one node a private Ray instance starts on a thread meanwhile (``./run.sh`` starts it
+   before torch is imported, common/launch.py) and, once the config and device are known, the
+   roles' processes on it, which import torch and Megatron while the checks go on; a failed check
+   shuts them down;
 3. Ray (with ``--nodes N``: only the cluster of ``RAY_ADDRESS`` or ``ray start``, joined after the
-   checks and before anything is written) and the placement plan (printed; a shortfall fails
-   naming the role);
+   checks and before anything is written), the placement plan (printed; a shortfall fails naming
+   the role) and one worker group per role on its planned nodes;
 4. the run folder (``config.yaml``, ``command.json``);
-5. one worker group per role on its planned nodes (``placement.json``), and the restore of a
+5. every role's world forms and builds its models (``placement.json``), and the restore of a
    checkpoint on ``--resume``.
 
 The ``Session`` it returns writes each iteration's rows, saves checkpoints and plots at the end;
@@ -43,9 +45,9 @@ from tqdm import tqdm
 
 from common import checkpoint
 from common.cli import Args, parse_args
-from common.cluster import BackgroundRay, build_roles, plan_roles, private_instance, start_ray
+from common.cluster import form_roles, plan_roles, start_roles
 from common.config import load_config, max_new_tokens
-from common.device import resolve_device
+from common.device import Device, resolve_device
 from common.expected_curve import load_expected
 from common.failures import WORKER_ERRORS, WorkerFailure, describe_failure
 from common.final import save_final
@@ -56,6 +58,7 @@ from common.placement import describe, placement_record
 from common.preflight import check_files, check_weights
 from common.prompts import PromptStream, load_prompt_dataset
 from common.quiet import filter_library_warnings
+from common.ray_start import BackgroundRay, private_instance, start_ray, take_early
 from common.reward_terms import Rewards, build_rewards
 from common.stop_signals import StopSignals
 from common.tokenizer import load_tokenizer, stop_token_ids
@@ -253,7 +256,9 @@ def open_session(recipe_dir: Path, argv: list[str] | None, get_files: dict[str, 
         raise SystemExit(f"error: {e}") from None
 
 
-def _open(recipe_dir: Path, args: Args, get_files: dict[str, str], stop: StopSignals) -> Session:
+def _config(recipe_dir: Path, args: Args, get_files: dict[str, str]) -> tuple[checkpoint.ResumePoint | None, DictConfig, str | None, Device]:
+    """The run's config (and, on ``--resume``, where it stopped), checked with the files it reads
+    and the device it runs on: everything that can fail before the tokenizer loads."""
     resume = checkpoint.resume_point(args.resume)  # None, or (run folder, checkpoint, driver state)
     if resume:  # the stopped run's resolved config (overlay included); its overlay names the curve to plot
         command = resume.run_dir / "command.json"
@@ -262,17 +267,32 @@ def _open(recipe_dir: Path, args: Args, get_files: dict[str, str], stop: StopSig
     else:
         overlay = str(overlay_file(recipe_dir, args.overlay)) if args.overlay else None
         cfg = load_config(recipe_dir / "config.yaml", args.overrides, overlay)
-    t, actor_cfg = cfg.training, cfg.actor_rollout_ref.actor_rollout
-
-    # --- everything that can fail cheaply, before any worker starts ---------------------------
     if not resume:
         check_out(args.out)
     check_files(cfg, get_files)
-    device = resolve_device(t.device)
-    device.compute_dtype(t.dtype)  # e.g. bf16 on a machine that resolved to CPU: fails here, not in a worker
-    # a private Ray instance starts meanwhile (common/cluster.py BackgroundRay); no worker before the checks pass
-    background = BackgroundRay(device.worker_env()) if private_instance(args.nodes) else None
+    device = resolve_device(cfg.training.device)
+    device.compute_dtype(cfg.training.dtype)  # e.g. bf16 on a machine that resolved to CPU: fails here, not in a worker
+    return resume, cfg, overlay, device
+
+
+def _start_roles(cfg: DictConfig, device: Device, nodes: int):
+    """The placement plan (a shortfall fails naming the role) and the roles' processes on it."""
+    plan, used = plan_roles(cfg, device, nodes)
+    return plan, used, start_roles(cfg, device, plan)
+
+
+def _open(recipe_dir: Path, args: Args, get_files: dict[str, str], stop: StopSignals) -> Session:
+    # a private Ray instance starts meanwhile (common/ray_start.py: ./run.sh started it already) and,
+    # once the config and device are known, the roles' processes on it; no model before the checks pass
+    background = take_early() or (BackgroundRay() if private_instance(args.nodes) else None)
     try:
+        resume, cfg, overlay, device = _config(recipe_dir, args, get_files)
+        t, actor_cfg = cfg.training, cfg.actor_rollout_ref.actor_rollout
+        if background:
+            background.then(lambda: _start_roles(cfg, device, args.nodes))
+            # Ray's start first: the tokenizer's long calls into C hold the GIL, stalling the thread
+            # that starts Ray (~1-2 s on 2 cores); it loads while the roles' processes import torch
+            background.settle()
         tok = load_tokenizer(t.tokenizer_name_or_path)
         check_weights(cfg, len(tok))
         prompt_ids, raw_prompts, dropped = load_prompt_dataset(actor_cfg.data_path, tok, actor_cfg.max_prompt_length)
@@ -283,7 +303,7 @@ def _open(recipe_dir: Path, args: Args, get_files: dict[str, str], stop: StopSig
             first_step = resume.state["step"] + 1
         n, new_tokens = actor_cfg.n_samples_per_prompt, max_new_tokens(cfg)
         fixed = fixed_response_ids(actor_cfg.fixed_responses, tok, raw_prompts, n, new_tokens) if actor_cfg.fixed_responses else None
-        rewards = build_rewards(cfg.reward, tok)  # imports reward functions, loads a reward tokenizer: fails before any worker
+        rewards = build_rewards(cfg.reward, tok)  # imports reward functions, loads a reward tokenizer: fails before any model
     except BaseException:
         if background:
             background.cancel()
@@ -291,11 +311,11 @@ def _open(recipe_dir: Path, args: Args, get_files: dict[str, str], stop: StopSig
 
     # --- Ray: with --nodes N the cluster must exist before the run folder does -----------------
     if background:
-        background.wait()
+        plan, nodes, groups = background.wait()
     else:
-        start_ray(args.nodes, device.worker_env())
+        start_ray(args.nodes)
+        plan, nodes, groups = _start_roles(cfg, device, args.nodes)
     stop.install()  # replaces the SIGTERM handler ray.init installed (it aborts: exit 134)
-    plan, nodes = plan_roles(cfg, device, args.nodes)
 
     run_dir = resume.run_dir if resume else new_run_dir(recipe_dir.name, args.out)
     if resume:  # rows of iterations after the checkpoint came from the run that stopped (all checked above)
@@ -308,7 +328,7 @@ def _open(recipe_dir: Path, args: Args, get_files: dict[str, str], stop: StopSig
     # --- roles on Ray ---------------------------------------------------------------------------
     colocated = tuple(cfg.resource_pool.colocate)
     print("placement:\n" + describe(plan, nodes, colocated), flush=True)
-    roles = build_roles(cfg, device, plan)
+    roles = form_roles(groups)
     writer.json("placement.json", placement_record(plan, {role: g.node_ids() for role, g in roles.items()}, nodes, colocated))
     if resume:
         roles["actor_rollout"].call_all("restore", str(resume.checkpoint))

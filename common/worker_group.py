@@ -48,9 +48,11 @@ GROUPS: list["WorkerGroup"] = []  # every role of this driver (get_or_fail_fast 
 class WorkerGroup:
     host: "WorkerGroup | None" = None  # set on a GuestGroup
 
-    def __init__(self, role: str, worker_cls: type, cfg: dict, nodes: list[Node], device_resource: str | None, cpus_per_rank: float, num_threads: int, guests: tuple[str, ...] = ()):
+    def __init__(self, role: str, worker_cls: type, cfg: dict, nodes: list[Node], device_resource: str | None, cpus_per_rank: float, num_threads: int,
+                 guests: tuple[str, ...] = (), env: dict[str, str] | None = None):  # fmt: skip
         """One worker per entry of ``nodes`` (rank i runs on ``nodes[i]``, pinned by node id).
-        ``worker_cls``: a ``common.rank_process.RankProcess``; its processes also hold the ``guests`` (roles colocated)."""
+        ``worker_cls``: a ``common.rank_process.RankProcess``; its processes also hold the ``guests``
+        (roles colocated) and get ``env`` (the device's, ``Device.worker_env``) over the job's."""
         self.role, self.guests = role, tuple(guests)
         ranks = len(nodes)
         self.pg = placement_group(
@@ -60,7 +62,7 @@ class WorkerGroup:
             name=f"odpo-{role}",
         )
         ray.get(self.pg.ready(), timeout=120)
-        self._spawn = (ray.remote(worker_cls), cfg, device_resource, cpus_per_rank, num_threads)
+        self._spawn = (ray.remote(worker_cls), cfg, device_resource, cpus_per_rank, num_threads, {"env_vars": env} if env else None)
         self._who = [role, *guests]  # the roles the processes hold
         self.restarts = 0
         self.spawn()
@@ -69,7 +71,7 @@ class WorkerGroup:
     def spawn(self) -> None:
         """One worker process per bundle, started and not awaited: every role's processes start (and
         import torch and Megatron) at once; ``connect`` then forms the world."""
-        remote_cls, cfg, device_resource, cpus_per_rank, num_threads = self._spawn
+        remote_cls, cfg, device_resource, cpus_per_rank, num_threads, runtime_env = self._spawn
         ranks = self.pg.bundle_count
         suffix = f".r{self.restarts}" if self.restarts else ""  # a killed actor's name may not be free yet
         self.workers = [
@@ -77,6 +79,7 @@ class WorkerGroup:
                 num_cpus=cpus_per_rank,
                 resources={device_resource: 1} if device_resource else None,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
+                runtime_env=runtime_env,
                 name=f"{self.role}-{i}{suffix}",
             ).remote(self._who, cfg, i, ranks, num_threads)
             for i in range(ranks)

@@ -93,14 +93,18 @@ class RoleWorker:
 
         return LlamaArch(**OmegaConf.to_container(node))
 
-    def _build(self, load: str | None, *, reward: bool, seed: int):
+    def _build(self, load: str | None, *, reward: bool, seed: int, like: "RoleWorker | None" = None):
         """A policy or reward model: random init from the config's architecture, or the weights at
-        ``load`` (a Hugging Face directory or this project's checkpoint; architecture read from it)."""
+        ``load`` (a Hugging Face directory or this project's checkpoint; architecture read from it),
+        or the current weights of the policy of ``like`` (a worker of this process)."""
         from common.model import build_policy, build_reward_model
 
         builder = build_reward_model if reward else build_policy
         device = None if self.device.kind == "cpu" else self.device.torch_device()
-        if load is None:
+        if like is not None:
+            self.arch = like.arch
+            model = build_policy(like.arch, dtype=self.dtype, seed=seed, device=device, weights_from=like.model.module)
+        elif load is None:
             self.arch = self._arch(self.cfg.reward.model if reward else self.cfg.model)
             model = builder(self.arch, dtype=self.dtype, seed=seed, device=device)
         else:
@@ -283,10 +287,17 @@ class GeneratorWorker(RoleWorker):
 class ReferenceWorker(RoleWorker):
     """Frozen copy of the starting policy: summed response log-probs, no temperature scaling."""
 
+    # the actor's training rank when it shares this process (resource_pool.colocate; set by
+    # common.rank_process) and was built just before this: when both start from the same weights,
+    # they are copied from it instead of drawn (or read from disk) a second time
+    actor: "ActorWorker | None" = None
+
     def build(self) -> None:
         from common.config import role_load
 
-        self.model = self._build(role_load(self.cfg, "ref"), reward=False, seed=self.cfg.training.seed)
+        load = role_load(self.cfg, "ref")
+        same = self.actor is not None and load == role_load(self.cfg, "actor_rollout")
+        self.model = self._build(load, reward=False, seed=self.cfg.training.seed, like=self.actor if same else None)
         self.model.eval()
         self.model.requires_grad_(False)
 

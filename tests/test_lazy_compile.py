@@ -45,3 +45,18 @@ def test_megatron_and_adamw_steps_leave_the_compiler_unimported_and_compute_what
     torchs = fresh(STEPS.format(first="import torch._dynamo"))
     assert torchs["dynamo"] and torchs["torch_decorator_ran"]
     assert torchs["weights"] == lazy["weights"]
+
+
+ORDERS = {
+    "common first": "import common\nbefore = 'torch' in sys.modules\nimport torch",
+    "torch first": "import torch\nbefore = True\nimport common",
+    "megatron first": "import common\nbefore = 'torch' in sys.modules\nimport megatron.core, torch",
+}
+
+
+def test_importing_common_imports_no_torch_and_torch_s_compile_is_lazy_whoever_imports_it():
+    """``import common`` stays light (./run.sh starts Ray before torch loads: common/launch.py); the
+    lazy ``torch.compile`` is in place as soon as torch's own import ends, before Megatron's code runs."""
+    for order, code in ORDERS.items():
+        out = fresh(f"import json, sys\n{code}\nimport common.lazy_compile as lc\nprint(json.dumps({{'before': before, 'lazy': torch.compile is lc.lazy_compile}}))")
+        assert out == {"before": order == "torch first", "lazy": True}, order

@@ -295,6 +295,12 @@ class _NoBackgroundRay:
     def __init__(self, *_args, **_kwargs):
         pass
 
+    def then(self, _fn) -> None:  # the roles' processes would start here: nothing is started
+        pass
+
+    def settle(self) -> None:
+        pass
+
     def wait(self) -> None:
         _reached_ray()
 
