@@ -51,7 +51,7 @@ def _install_lazy_compile() -> None:
 
 if "torch" in sys.modules:
     _install_lazy_compile()
-elif not any(isinstance(f, _AfterImport) for f in sys.meta_path):
+else:
     sys.meta_path.insert(0, _AfterImport("torch", _install_lazy_compile))
 
 if importlib.util.find_spec("torch_npu") is not None:

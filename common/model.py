@@ -197,8 +197,7 @@ def _init_weights(gpt: GPTModel, arch: LlamaArch, seed: int, scalar_head: bool) 
 
     largest_first = sorted(global_names(gpt), key=lambda item: -item[1].numel())
     with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
-        for _ in pool.map(lambda item: draw(*item), largest_first):
-            pass
+        list(pool.map(lambda item: draw(*item), largest_first))  # re-raises a drawing thread's error
 
 
 def _mask_padded_vocab(gpt: GPTModel, vocab_size: int) -> None:

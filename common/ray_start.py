@@ -126,10 +126,8 @@ class BackgroundRay:
         threading.Event().wait()
 
     def then(self, fn) -> None:
-        """Run ``fn()`` on the thread once Ray is up (at most one; ``wait`` returns its result)."""
-        self._give(fn)
-
-    def _give(self, fn) -> None:
+        """Run ``fn()`` on the thread once Ray is up (the first call only; ``wait`` returns its
+        result); ``None``: nothing to run."""
         if not self._given:
             self._given = True
             self._work.put(fn)
@@ -140,7 +138,7 @@ class BackgroundRay:
 
     def wait(self):
         """Until Ray is up and ``then``'s work done; its result, or what either raised."""
-        self._give(None)
+        self.then(None)
         self._done.wait()
         if self._error is not None:
             raise self._error
@@ -149,7 +147,7 @@ class BackgroundRay:
     def cancel(self) -> None:
         """The driver's checks failed: the instance is shut down when the process exits (once its
         start has finished), after the error message is printed: the message does not wait for Ray."""
-        self._give(None)
+        self.then(None)
         atexit.register(self._shut_down)
 
     def _shut_down(self) -> None:

@@ -12,6 +12,7 @@ import psutil
 
 from conftest import ROOT
 
+
 def test_work_given_to_the_ray_thread_runs_once_ray_is_up():
     code = (
         "import json, os, ray\n"
