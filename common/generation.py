@@ -11,6 +11,7 @@ common/sampling.py (keyed Gumbel-max: the same on every CPU, whatever the batch 
 from __future__ import annotations
 
 import contextlib
+import time
 
 import torch
 from megatron.core import parallel_state
@@ -21,7 +22,22 @@ from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_regi
 from common.sampling import sample_tokens
 
 
-SMALL_ROWS = 8  # output-layer calls with this many rows or fewer read W_VH as it is (see below)
+COPY_MARGIN = 1.2  # the [H, V] copy is read only where it measured this much faster (see below)
+_READ_COPY: dict[tuple[int, int, int], bool] = {}  # (rows, V, H) -> read the copy; measured once per process
+
+
+def _copy_is_faster(weight_VH: torch.Tensor, copy_HV: torch.Tensor, rows: int, rounds: int = 3) -> bool:
+    """Time W_VH @ h_HN on the weight as it is against the same product read from its [H, V]
+    copy (best of ``rounds``, interleaved) for ``rows`` rows; True where the copy is at least
+    ``COPY_MARGIN`` times faster."""
+    hidden_HN = torch.ones(rows, weight_VH.shape[1], dtype=weight_VH.dtype).t()
+    best = {False: float("inf"), True: float("inf")}
+    for _ in range(rounds):
+        for use_copy, weight in ((False, weight_VH), (True, copy_HV.t())):
+            start = time.perf_counter()
+            weight @ hidden_HN
+            best[use_copy] = min(best[use_copy], time.perf_counter() - start)
+    return best[True] * COPY_MARGIN < best[False]
 
 
 @contextlib.contextmanager
@@ -29,28 +45,32 @@ def _vocab_major_output_layer(gpt):
     """While generating, compute logits as W_VH @ h_HN instead of h_NH @ W_VH^T.
 
     The same product (up to float rounding), but with only B rows per decode step the output
-    layer is most of a decode step, and MKL's speed for this skinny product depends on the
-    layouts: on CPU the weight is copied once per generation into an [H, V] row-major buffer and
-    read as its transpose (16 x 256 x 128k: ~11 ms a step, against ~21 ms for W_VH @ h_HN and
-    ~27 ms for h_NH @ W_VH^T; one 131 MB copy per rollout). With ``SMALL_ROWS`` rows or fewer MKL
-    takes another kernel for that layout, 3-6x slower than W_VH @ h_HN on the weight itself
-    (8 x 256 x 128k: ~50 ms against ~8 ms; measured for 2-16 rows and hidden 64-576), so those
-    calls read the weight as it is. Accelerators use W_VH @ h_HN on the weight itself. The
-    layout a call takes depends only on its row count (the same for the same batch on any rank).
-    Instance-level override; the module's forward hooks (padded-id masking) still run, and the
-    original forward is restored on exit.
+    layer is most of a decode step, and MKL's speed for this skinny product depends on the layout
+    of the weight, differently on different CPUs. 16 x 256 x 128k fp32 (the BENCH CONFIG's decode
+    step), best times: on a 2-core AMD EPYC, ~21 ms on W_VH as it is and ~11 ms read from an
+    [H, V] row-major copy (~27 ms for h_NH @ W_VH^T); on a 2-core Intel Xeon, 12.5 ms as it is
+    and 18.5 ms from the copy; with 8 rows or fewer the AMD machine too was 3-6x faster on the
+    weight as it is. So on CPU both are timed once per process for each row count
+    (``_copy_is_faster``: ~0.1 s, at the first rollout) and the copy (made once per rollout,
+    131 MB) is read only where it is clearly faster; accelerators use W_VH @ h_HN on the weight
+    itself. A layout gives the same logits up to rounding, and the keyed Gumbel-max sampler
+    (common/sampling.py) only ever turns a rounding difference into another token where the top
+    two perturbed logits tie within it. Instance-level override; the module's forward hooks
+    (padded-id masking) still run, and the original forward is restored on exit.
     """
     layer = gpt.output_layer
     gather = parallel_state.get_tensor_model_parallel_world_size() > 1
-    transposed: dict[int, torch.Tensor] = {}  # data_ptr of a weight -> its [H, V] copy (CPU)
+    copies: dict[int, torch.Tensor] = {}  # data_ptr of a weight -> its [H, V] copy (CPU)
 
     def vocab_major(weight_VH: torch.Tensor, rows: int) -> torch.Tensor:
-        if weight_VH.device.type != "cpu" or rows <= SMALL_ROWS:
+        if weight_VH.device.type != "cpu":
             return weight_VH
-        key = weight_VH.data_ptr()
-        if key not in transposed:
-            transposed[key] = weight_VH.t().contiguous()
-        return transposed[key].t()
+        key, shape = weight_VH.data_ptr(), (rows, *weight_VH.shape)
+        if key not in copies and _READ_COPY.get(shape, True):
+            copies[key] = weight_VH.t().contiguous()
+        if shape not in _READ_COPY:
+            _READ_COPY[shape] = _copy_is_faster(weight_VH, copies[key], rows)
+        return copies[key].t() if _READ_COPY[shape] else weight_VH
 
     def forward(hidden_SBH, weight=None, runtime_gather_output=None):
         S, B, H = hidden_SBH.shape

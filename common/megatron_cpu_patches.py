@@ -32,6 +32,9 @@ Patches, and why each is needed:
    every dropout call inside a tensor-parallel region).
 3. `optimizer.clip_grads.clip_grad_by_total_norm_fp32` asserts gradients are
    `torch.cuda.FloatTensor`: replaced with a version that checks the dtype instead.
+4. Speed, not correctness: `tensor_parallel.vocab_parallel_cross_entropy` (what GPTModel's
+   `labels=` path calls) is replaced with common/cross_entropy.py's blocked version: the same
+   numbers bit for bit, ~2.5x faster forward on CPU (each block of logits read from memory once).
 
 Known gaps (not patched; fail loudly, never silently): `DistributedOptimizer` and the fp16/bf16
 optimizers check `param.type() == 'torch.cuda.FloatTensor'`; tied embeddings with pipeline
@@ -174,12 +177,16 @@ def apply() -> None:
     if _applied:
         return
 
+    import megatron.core.tensor_parallel
     from megatron.core.optimizer import clip_grads, optimizer
     from megatron.core.tensor_parallel import random
+
+    from common.cross_entropy import blocked_vocab_parallel_cross_entropy
 
     random._get_cuda_rng_state = _get_cpu_rng_state
     random._set_cuda_rng_state = _set_cpu_rng_state
     random.CudaRNGStatesTracker.fork = _cpu_fork
     clip_grads.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
     optimizer.clip_grad_by_total_norm_fp32 = _clip_grad_by_total_norm_fp32
+    megatron.core.tensor_parallel.vocab_parallel_cross_entropy = blocked_vocab_parallel_cross_entropy
     _applied = True

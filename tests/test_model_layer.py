@@ -360,18 +360,37 @@ def test_greedy_kv_cache_equals_full_forward(policy, tied):
     assert "forward" not in vars(policy.output_layer)  # and the output layer's own forward
 
 
-@pytest.mark.parametrize("rows", [4, 16])  # <= SMALL_ROWS: the weight as it is; more: its [H, V] copy
-def test_generation_output_layer_gives_the_models_logits(policy, rows):
-    from common.generation import SMALL_ROWS, _vocab_major_output_layer
+@pytest.mark.parametrize("read_copy", [False, True])  # W_VH as it is, or its [H, V] copy
+@pytest.mark.parametrize("rows", [4, 16])
+def test_generation_output_layer_gives_the_models_logits(policy, rows, read_copy, monkeypatch):
+    from common import generation
 
-    assert (rows <= SMALL_ROWS) == (rows == 4)
-    hidden_SBH = torch.randn(1, rows, policy.config.hidden_size, generator=torch.Generator().manual_seed(rows))
+    V, H = policy.output_layer.weight.shape
+    monkeypatch.setitem(generation._READ_COPY, (rows, V, H), read_copy)
+    hidden_SBH = torch.randn(1, rows, H, generator=torch.Generator().manual_seed(rows))
     with torch.no_grad():
         own_SBV, _ = policy.output_layer(hidden_SBH)
-        with _vocab_major_output_layer(policy):
+        with generation._vocab_major_output_layer(policy):
             vocab_major_SBV, _ = policy.output_layer(hidden_SBH)
     assert vocab_major_SBV.shape == own_SBV.shape and vocab_major_SBV.stride()[-1] == rows  # a view of [V, rows]
     torch.testing.assert_close(vocab_major_SBV, own_SBV, rtol=1e-5, atol=1e-5)
+
+
+def test_generation_output_layer_layout_is_measured_once_per_row_count(policy, monkeypatch):
+    from common import generation
+
+    V, H = policy.output_layer.weight.shape
+    monkeypatch.setattr(generation, "_READ_COPY", {})
+    timed = []
+    monkeypatch.setattr(generation, "_copy_is_faster", lambda w, c, rows: timed.append(rows) or rows == 5)
+    with torch.no_grad(), generation._vocab_major_output_layer(policy):
+        for rows in (3, 5, 3, 5):
+            logits_SBV, _ = policy.output_layer(torch.randn(1, rows, H))
+            assert logits_SBV.shape == (1, rows, V)
+    assert timed == [3, 5] and generation._READ_COPY == {(3, V, H): False, (5, V, H): True}
+    monkeypatch.undo()  # the real timing answers a plain bool
+    weight_VH = policy.output_layer.weight
+    assert generation._copy_is_faster(weight_VH, weight_VH.t().contiguous(), 4) in (False, True)
 
 
 def test_eos_stops_row_and_is_kept(policy):
