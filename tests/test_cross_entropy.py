@@ -75,21 +75,23 @@ _FAULTS = textwrap.dedent(
         assert keep_freed_memory()
     def faults():
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    torch.empty(64 * 2**20 // 4).fill_(1.0)  # 64 MB, freed again
-    before = faults()
-    torch.empty(64 * 2**20 // 4).fill_(1.0)
-    print(faults() - before)
+    for _ in range(24):  # a 64 MB tensor, freed again, 24 times
+        before = faults()
+        torch.empty(64 * 2**20 // 4).fill_(1.0)
+        print(faults() - before)
     """
 )
 
 
 @pytest.mark.parametrize("mode", ["keep", "default"])
 def test_keep_freed_memory_reuses_large_blocks(mode):
-    """A second 64 MB tensor reuses the first one's pages (no page faults) once
-    `keep_freed_memory` ran; glibc's default maps it afresh (~16k faults of 4 KB)."""
+    """Once `keep_freed_memory` ran, a new 64 MB tensor reuses freed pages (no page faults) after
+    the first few (the heap grows until a freed block fits: the 64-byte alignment's padding keeps
+    the same size from fitting its predecessor's block at once); with glibc's defaults every one
+    is mapped afresh (16,384 faults of 4 KB pages, >= 32 with transparent huge pages)."""
     run = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True)
-    faults = int(run.stdout.split()[-1])
+    last = [int(n) for n in run.stdout.split()[-4:]]
     if mode == "keep":
-        assert faults < 1000, f"{faults} page faults for a reused 64 MB block"
+        assert sum(last) < 64, f"page faults of the last four 64 MB tensors: {last}"
     else:
-        assert faults > 8000, f"only {faults} page faults with glibc's defaults: the test measures nothing"
+        assert min(last) >= 16, f"page faults with glibc's defaults: {last}: the test measures nothing"
