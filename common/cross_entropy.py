@@ -7,7 +7,8 @@ reads and writes 525 MB from memory, ~0.2 s of a training step on a 2-core CPU, 
 on memory (its max also computes the argmax it throws away). `blocked_vocab_parallel_cross_entropy`
 does the same arithmetic on the same values in the same order, one block of `ROWS` rows at a time,
 so each block is read from memory once and the other passes find it in cache; the softmax
-division happens in the backward (where the gradient needs it; a forward-only pass, such as the
+division happens only where a backward will need it (in the forward's block loop with TP 1, per
+block in the backward after the sums' all-reduce with TP > 1; a forward-only pass, such as the
 reference's log-probs, skips it). Loss and gradient are bit-identical to Megatron's
 (tests/test_cross_entropy.py), with tensor parallelism as well (the same three all-reduces: max,
 target logit, sum of exponentials). Installed for Megatron's models on CPU by
