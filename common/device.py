@@ -27,7 +27,6 @@ sees the node's NPUs under their physical ids; the worker then sets the device R
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import importlib
 import importlib.util
 import os
@@ -288,7 +287,7 @@ def keep_freed_memory() -> bool:
     instead of shrinking between phases (the BENCH CONFIG's peak: 4.61 against 4.50 GiB before).
     """
     try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library already loaded (no ldconfig subprocess)
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
