@@ -20,7 +20,8 @@ architecture, dtype, micro-batch sizes, sampling, optimizer and DPO settings. We
               run twice: the second forward must equal the first
   optimizer   Megatron DDP + Megatron Adam (bf16: Float16OptimizerWithFloat16Params, fp32 main
               params), common.optimizer.build_actor_optimizer, as ActorWorker builds it
-  train       one DPO step (common.optimizer.train_step): the step-1 loss must be ln 2
+  train       one DPO step (common.optimizer.train_step): the step-1 loss must be ln 2; in bf16
+              every weight must then equal its fp32 main parameter rounded to bf16
   after       the DPO loss again (forward only): must be finite
   checkpoint  save the actor (common.convert.save_checkpoint, the project's format), load it into
               the reference model (load_checkpoint_into_model): every weight must equal the actor's
@@ -291,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_microbatches(model, train_batches, loss_fn, forward_only=True)
 
     loss_after = dpo_loss(phases.run("after", forward_loss, lambda _: train_fwd))
+    optimizer_info = describe_optimizer(optimizer)
 
     # --- checkpoint save + load -------------------------------------------------------------------
     ckpt_root = Path(args.ckpt_dir) if args.ckpt_dir else Path(tempfile.mkdtemp(prefix="device_check_"))
@@ -325,6 +327,11 @@ def main(argv: list[str] | None = None) -> int:
         "grad_norm_finite": {"value": grad_norm, "ok": math.isfinite(grad_norm) and grad_norm > 0},
         "checkpoint_roundtrip": {"bytes": ckpt_bytes, "ok": roundtrip},
     }  # fmt: skip
+    if dtype != torch.float32:  # half-precision weights train through fp32 main copies
+        checks["mixed_precision_main_params"] = {
+            **{k: optimizer_info[k] for k in ("adam_params", "fp32_main_params", "params_equal_rounded_main")},
+            "ok": 0 < optimizer_info["fp32_main_params"] == optimizer_info["adam_params"] and optimizer_info["params_equal_rounded_main"],
+        }
     report = {
         "tool": "bench/device_check.py",
         "argv": sys.argv[1:] if argv is None else argv,
@@ -350,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         # the whole check's peak: allocator bytes on an accelerator (all three models on one device), RSS on CPU
         "peak_memory": max(r["memory"].get("max_allocated", r["memory"].get("max_rss")) for r in phases.rows.values()),
         "memory_per_role": role_memory(phases.rows, weights),
+        "optimizer": optimizer_info,
         "weights_bytes": weights,
         "checks": checks,
         "ok": all(c["ok"] for c in checks.values()),
@@ -360,6 +368,27 @@ def main(argv: list[str] | None = None) -> int:
     print_summary(report)
     parallel.destroy_model_parallel()
     return 0 if report["ok"] else 1
+
+
+def describe_optimizer(optimizer) -> dict:
+    """What Megatron built for the actor: its optimizer classes, whether torch's fused Adam kernel
+    runs, and, for half-precision weights (``Float16OptimizerWithFloat16Params``), how many fp32
+    main parameters it keeps and whether every model weight equals its main parameter rounded to
+    the weight's dtype after the step (Megatron copies them back after each step)."""
+    chained = getattr(optimizer, "chained_optimizers", [optimizer])
+    pairs = [
+        (weight, main)
+        for o in chained
+        for weights, mains in zip(getattr(o, "float16_groups", []), getattr(o, "fp32_from_float16_groups", []))
+        for weight, main in zip(weights, mains)
+    ]
+    return {
+        "classes": sorted({type(o).__name__ for o in chained}),
+        "fused_adam": all(g.get("fused", False) for o in chained for g in o.optimizer.param_groups),
+        "adam_params": sum(len(g["params"]) for o in chained for g in o.optimizer.param_groups),
+        "fp32_main_params": sum(main.dtype == torch.float32 for _, main in pairs),
+        "params_equal_rounded_main": all(torch.equal(w.detach(), m.detach().to(w.dtype)) for w, m in pairs),
+    }
 
 
 def role_memory(rows: dict, weights: dict) -> dict | None:
@@ -397,6 +426,8 @@ def print_summary(r: dict) -> None:
     print(f"[device_check] peak memory of the whole check: {r['peak_memory'] / GIB:.2f} GiB")
     if r["mfu_overall"] is not None:
         print(f"[device_check] MFU over the timed phases: {r['mfu_overall']:.1%}")
+    o = r["optimizer"]
+    print(f"[device_check] optimizer {', '.join(o['classes'])}, fused Adam {o['fused_adam']}, fp32 main params {o['fp32_main_params']}")
     for name, c in r["checks"].items():
         print(f"[device_check] check {name}: {'ok' if c['ok'] else 'FAILED'}  {json.dumps({k: v for k, v in c.items() if k != 'ok'})}")
     print(f"[device_check] {'ALL CHECKS PASSED' if r['ok'] else 'SOME CHECKS FAILED'}", flush=True)

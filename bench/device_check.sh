@@ -12,6 +12,7 @@
 #
 # then copy $OUT's files to docs/device/ and commit them (README "Device check").
 # Installs the copied wheels into a temporary --target folder (never into the machine's Python).
+# Rehearsal here with the GPU machine's software (Python 3.12, PyTorch 2.11 CUDA build, on CPU): bench/device_rehearsal.sh.
 # Dry run here on CPU at toy scale (what tests nothing on a GPU, but catches mistakes in this script):
 #   PYVER=3.11 WHEELS=/tmp/w311 bench/device_check_bundle.sh
 #   PYTHON=<a python without megatron/omegaconf> WHEELS=/tmp/w311 DEVICE=cpu SCALE=toy OUT=/tmp/dry bash bench/device_check.sh

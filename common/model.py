@@ -157,6 +157,13 @@ def _gpt(arch: LlamaArch, dtype: torch.dtype, *, tie: bool) -> GPTModel:
             position_embedding_type="rope",
             rotary_base=arch.rope_theta,
         )
+    # Megatron's local spec builds its norms as torch.nn.RMSNorm without a dtype: fp32 weights in a
+    # bf16 model (Megatron's own training casts the whole model in its Float16Module). Cast them, so
+    # that every weight has the model's dtype: torch's fused RMSNorm kernel needs input and weight of
+    # one dtype, and Megatron's mixed-precision optimizer then keeps an fp32 main copy of every weight.
+    for param in model.parameters():
+        if param.dtype != dtype:
+            param.data = param.data.to(dtype)
     # RoPE frequencies computed here (before any forward: Megatron caches the embeddings per
     # length), so Llama-3 scaling honours every factor of the arch.
     model.rotary_pos_emb.inv_freq = llama3_inv_freq(arch)

@@ -32,6 +32,30 @@ def test_device_check_toy_cpu(tmp_path):
     assert r["phases"]["train"]["mfu"] > 0  # against a measured fp32 matmul peak (noisy on a shared CPU: no upper bound)
     assert r["peak_memory"] > 0
     assert r["memory_per_role"] is None  # CPU: no allocator counter; accelerators report bytes per role
+    assert r["optimizer"]["classes"] == ["FP32Optimizer"] and r["optimizer"]["fused_adam"] is True
+    assert "mixed_precision_main_params" not in r["checks"]  # fp32 weights: no main copies
+
+
+def test_device_check_bf16_mixed_precision_on_cpu(tmp_path):
+    """The check in bf16, as on a GPU, run on CPU (tests/_device_check_bf16_cpu.py answers Megatron's
+    CUDA-only type checks): Megatron's Float16OptimizerWithFloat16Params trains bf16 weights through
+    fp32 main parameters, and every check passes at its bf16 tolerance."""
+    out = tmp_path / "device_check_bf16.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "_device_check_bf16_cpu.py"), "--device", "cpu", "--scale", "toy", "--threads", "2",
+         "--peak-tflops", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["workload"]["dtype"] == "bf16" and r["ok"]
+    assert r["optimizer"]["classes"] == ["Float16OptimizerWithFloat16Params"] and r["optimizer"]["fused_adam"] is True
+    # Adam steps fp32 main copies of every weight, and the bf16 weights are those rounded
+    mixed = r["checks"]["mixed_precision_main_params"]
+    assert mixed["ok"] and mixed["params_equal_rounded_main"] and mixed["fp32_main_params"] == mixed["adam_params"] > 0
+    assert r["checks"]["step1_loss_ln2"]["tolerance"] == 1e-2 and abs(r["checks"]["step1_loss_ln2"]["value"] - math.log(2)) < 1e-2
+    assert r["checks"]["loss_after_step_finite"]["value"] < math.log(2)
+    assert r["checks"]["checkpoint_roundtrip"]["bytes"] < 2.1 * r["workload"]["params"]["actor"]  # saved in bf16
 
 
 def test_recipe_budget_takes_a_measured_report(tmp_path, capsys):

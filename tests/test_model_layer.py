@@ -165,6 +165,20 @@ def test_device_resolution_and_dtype():
             resolve_device("cuda")
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_models_have_one_dtype(world1, dtype):
+    """Every weight of a half-precision policy and reward model has the model's dtype, the norms'
+    too (Megatron's local spec builds them in fp32; its own training casts the model afterwards):
+    Megatron's mixed-precision optimizer keeps fp32 main copies of half-precision weights only,
+    and torch's fused RMSNorm needs one dtype for input and weight."""
+    from common.model import build_policy, build_reward_model
+
+    for model in (build_policy(_arch(), dtype=dtype, seed=0), build_reward_model(_arch(), dtype=dtype, seed=1)):
+        dtypes = {name: p.dtype for name, p in model.named_parameters()}
+        assert set(dtypes.values()) == {dtype}, {n: d for n, d in dtypes.items() if d != dtype}
+        assert any("layernorm" in name for name in dtypes)
+
+
 # ------------------------------------------------------------------------------------ RoPE
 
 
