@@ -1,0 +1,59 @@
+"""The whole loop in bf16, the dtype GPU runs train in, on CPU: `./run.sh tiny training.dtype=bf16`
+through Ray (actor TP 2, reference, reward), a checkpoint, a resume from it and the Hugging Face
+export. tests/_bf16_on_cpu.py (applied in the driver and every Ray worker by
+tests/_bf16_cpu_site/sitecustomize.py) answers Megatron's CUDA-only type checks and lets bf16
+through on CPU; everything else is the code a GPU run executes, CUDA aside."""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+
+import pytest
+from safetensors import safe_open
+
+from common.outputs import read_jsonl
+from conftest import ROOT
+
+BF16_ENV = {"PYTHONPATH": str(ROOT / "tests" / "_bf16_cpu_site"), "ODPO_BF16_ON_CPU": "1"}
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    # a private Ray instance (no RAY_ADDRESS): its workers start with this environment, the shared
+    # test cluster's would not
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | BF16_ENV
+    return subprocess.run([str(ROOT / "run.sh"), "tiny", *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+
+
+def _dtypes(folder) -> set[str]:
+    found = set()
+    for path in folder.glob("*.safetensors"):
+        with safe_open(path, "pt") as f:
+            found |= {f.get_slice(name).get_dtype() for name in f.keys()}
+    return found
+
+
+@pytest.mark.slow
+def test_tiny_recipe_trains_resumes_and_exports_in_bf16(tmp_path):
+    out, hf = tmp_path / "run", tmp_path / "hf"
+    proc = _run("--out", str(out), "training.dtype=bf16", "training.train_iters=3", "training.save_interval=2", "--export-hf", str(hf))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert abs(rows[0]["loss"] - math.log(2)) < 1e-2  # policy == reference at step 1 (bf16 rounding)
+    assert all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in rows)
+    assert rows[1]["loss"] != rows[0]["loss"]  # the actor moved
+    # the trained actor (two TP shards) and the export are bf16 throughout
+    assert len(list((out / "final").glob("*.safetensors"))) == 2 and _dtypes(out / "final") == {"BF16"}
+    hf_config = json.loads((hf / "config.json").read_text())
+    assert _dtypes(hf) == {"BF16"} and hf_config.get("dtype", hf_config.get("torch_dtype")) == "bfloat16"
+
+    # resumed from iteration 2's checkpoint (bf16 weights + fp32 main parameters and Adam moments),
+    # iteration 3 is the uninterrupted run's, bit for bit
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    proc = _run("--resume", str(again))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    untimed = lambda row: {k: v for k, v in row.items() if not k.startswith("timing/")}  # noqa: E731
+    assert [untimed(r) for r in read_jsonl(again / "metrics.jsonl")] == [untimed(r) for r in rows]
