@@ -3,7 +3,7 @@
 # software: Python 3.12, the CUDA 13 build of PyTorch 2.11 (it runs on CPU too), transformers, and no
 # Ray, megatron-core or omegaconf, in a throw-away virtual environment; the copied wheels installed as
 # device_check.sh installs them; both of its runs at toy scale on CPU; then the same check in bf16
-# (tests/_device_check_bf16_cpu.py: Megatron's mixed-precision optimizer, fp32 main parameters).
+# (tests/_device_check_half_precision.py: Megatron's mixed-precision optimizer, fp32 main parameters).
 # It catches what the GPU machine's software would break before a GPU's 15 minutes are spent on it;
 # it tests nothing of CUDA itself.
 #
@@ -33,7 +33,7 @@ PYTHON="$VENV/bin/python" WHEELS="$WHEELS" DEVICE=cpu SCALE=toy OUT="$OUT" bash 
 
 "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --no-index --target "$SITE" "$WHEELS"/*.whl
 set +e
-PYTHONPATH="$SITE" "$VENV/bin/python" tests/_device_check_bf16_cpu.py --device cpu --scale toy --peak-tflops 1 \
+PYTHONPATH="$SITE" "$VENV/bin/python" tests/_device_check_half_precision.py --device cpu --scale toy --peak-tflops 1 \
   --out "$OUT/device_check_bf16.json" 2>&1 | tee "$OUT/device_check_bf16.log"
 rc=${PIPESTATUS[0]}
 echo "device_check bf16 on cpu: exit $rc" | tee -a "$OUT/environment.txt"

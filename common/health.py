@@ -4,7 +4,9 @@
   iteration's checkpoint is written, so the last checkpoint on disk is the last good state. Megatron
   only reports overflow for fp16 (a skipped step); fp32 and bf16 apply NaN updates silently, so the
   values are checked here for every dtype. ``actor_rollout_ref.actor_rollout.lr=1e30`` reliably
-  trips it at iteration 2 of ``tiny`` (the first update blows the weights up).
+  trips it at iteration 2 of ``tiny`` (the first update blows the weights up). In fp16 a skipped
+  step is loss scaling at work (the scale is lowered and the next step tries again); only an
+  iteration whose every step overflowed at the smallest scale stops the run (`check_loss_scale`).
 - Collapse: the gradient norm exactly 0, or the policy's per-token entropy at its ceiling ln(vocab)
   (a uniform policy), for ``COLLAPSE_ITERS`` iterations in a row. Training goes on (the run may
   recover), with a warning printed and written to ``warnings.jsonl``. ``lr=1e6`` on ``tiny``:
@@ -34,6 +36,19 @@ def check_finite(policy_logps: list[float], grad_norms: list[float]) -> None:
         if bad_grads:
             what.append(f"the gradient norm ({bad_grads[0]}) in {len(bad_grads)} of {len(grad_norms)} optimizer steps")
         raise NonFiniteError(" and ".join(what) + " not finite")
+
+
+MIN_LOSS_SCALE = 1.0  # Megatron's OptimizerConfig.min_loss_scale (common/optimizer.py keeps its default)
+
+
+def check_loss_scale(skipped: int, steps: int, scale: float | None) -> None:
+    """fp16: stop when every optimizer step of the iteration overflowed although the loss scale is
+    already at its minimum (Megatron would skip every step from here on)."""
+    if scale is not None and steps and skipped == steps and scale <= MIN_LOSS_SCALE:
+        raise NonFiniteError(
+            f"fp16 gradients overflowed in all {steps} optimizer steps of the iteration at loss scale {scale:g}, "
+            "the smallest; train in bf16 (training.dtype=bf16)"
+        )
 
 
 class CollapseWatch:

@@ -6,6 +6,11 @@ Plain arguments, no config object: the device check runs where omegaconf is not 
 
 bf16/fp16 models get Megatron's `Float16OptimizerWithFloat16Params`: fp32 main parameters, fp32
 gradients (`grad_reduce_in_fp32`), fp32 Adam moments, bf16 weights refreshed after every step.
+fp16 adds Megatron's dynamic loss scaling, wired as Megatron's own training wires it: the schedules
+multiply the loss by the optimizer's scale (`grad_scale_func`), the optimizer unscales the gradients
+and skips the step when they overflow, halving the scale (after `hysteresis` overflows) and doubling
+it after `loss_scale_window` clean steps. It starts at 2^16 (`INITIAL_LOSS_SCALE`), not Megatron's
+2^32: every step it skips on the way down is a whole rollout's update lost.
 Without Transformer Engine or Apex, megatron-core 0.16.1 falls back to `torch.optim.AdamW`
 (decoupled weight decay), switched to torch's fused Adam kernel on CPU and CUDA.
 """
@@ -15,6 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+
+INITIAL_LOSS_SCALE = 2.0**16  # fp16 only (see the module docstring)
 
 
 @dataclass(frozen=True)
@@ -59,10 +67,13 @@ def build_actor_optimizer(policy, settings: AdamSettings, *, dtype: torch.dtype,
             clip_grad=s.clip_grad,
             bf16=dtype == torch.bfloat16,
             fp16=dtype == torch.float16,
+            initial_loss_scale=INITIAL_LOSS_SCALE,
             params_dtype=dtype,
         ),
         [model],
     )
+    if dtype == torch.float16:  # the schedules scale the loss by the optimizer's dynamic scale
+        policy.config.grad_scale_func = optimizer.scale_loss
     _use_fused_adam(optimizer)
     scheduler = OptimizerParamScheduler(
         optimizer,
@@ -94,18 +105,25 @@ def _use_fused_adam(optimizer) -> None:
                 group["fused"], group["foreach"] = True, False
 
 
-def train_step(model, optimizer, scheduler, batches, loss_fn) -> tuple[float, list[dict]]:
+def train_step(model, optimizer, scheduler, batches, loss_fn) -> tuple[float | None, list[dict]]:
     """One optimizer step over ``batches`` (the micro-batches of one mini-batch, forward + backward
-    through Megatron's schedule) -> (grad norm, each micro-batch's values from ``loss_fn``)."""
+    through Megatron's schedule) -> (grad norm, each micro-batch's values from ``loss_fn``).
+
+    The grad norm is None when the optimizer skipped the step: fp16 gradients overflowed at the
+    current loss scale, which the optimizer has lowered (``loss_scale``); the weights are unchanged.
+    Only fp16 skips: fp32 and bf16 report NaN/inf as the norm (common/health.py stops the run)."""
     from common.schedule import run_microbatches
 
     model.zero_grad_buffer()
     optimizer.zero_grad()
     stats = run_microbatches(model, batches, loss_fn, forward_only=False)
     ok, grad_norm, _ = optimizer.step()
-    scheduler.step(increment=1)
-    # not ok: fp16 overflow, step skipped; reported as an infinite norm, which stops the run with a
-    # clear message (common/health.py) before anything from this iteration is saved
+    scheduler.step(increment=1)  # as Megatron's training does, skipped step or not
     if not ok:
-        return float("inf"), stats
+        return None, stats
     return (float(grad_norm) if grad_norm is not None else float("nan")), stats
+
+
+def loss_scale(optimizer) -> float:
+    """The optimizer's current loss scale (1.0 without loss scaling: fp32, bf16)."""
+    return float(optimizer.get_loss_scale())

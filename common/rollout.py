@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from common.dpo import dpo_metrics
-from common.health import check_finite
+from common.health import check_finite, check_loss_scale
 from common.pairs import Pairs, apply_missing_eos_penalty
 from common.messages import prompt_text
 from common.prompts import PromptBatch
@@ -98,8 +98,10 @@ def reference_logps(ref: WorkerGroup, chosen: list[Sequence], rejected: list[Seq
 class TrainResult:
     policy_chosen: list[float]  # per pair, from the first forward pass of the iteration (before any update)
     policy_rejected: list[float]
-    grad_norm: float  # mean over the iteration's optimizer steps
+    grad_norm: float  # mean over the iteration's optimizer steps that were taken (NaN: none was)
     learning_rate: float
+    loss_scale: float | None = None  # fp16: the dynamic loss scale after the iteration
+    skipped_steps: int = 0  # fp16: optimizer steps skipped for overflowing gradients
 
 
 def train_on_pairs(
@@ -112,14 +114,18 @@ def train_on_pairs(
     ]
     per_dp = actor.run_per_dp("train", split(items, actor.dp_size), mini_batch_per_rank)
     local = len(items) // actor.dp_size  # with ppo_epochs > 1 a rank returns every epoch's values: keep the first
-    grad_norms = per_dp[0]["grad_norm"]
+    grad_norms = [g for g in per_dp[0]["grad_norm"] if g is not None]  # None: a step fp16 skipped
+    skipped = len(per_dp[0]["grad_norm"]) - len(grad_norms)
     # NaN/inf stops the run here, before the iteration's checkpoint (common/health.py)
     check_finite([x for o in per_dp for x in o["policy_chosen"] + o["policy_rejected"]], grad_norms)
+    check_loss_scale(skipped, len(per_dp[0]["grad_norm"]), per_dp[0]["loss_scale"])
     return TrainResult(
         policy_chosen=[x for o in per_dp for x in o["policy_chosen"][:local]],
         policy_rejected=[x for o in per_dp for x in o["policy_rejected"][:local]],
-        grad_norm=sum(grad_norms) / len(grad_norms),
+        grad_norm=sum(grad_norms) / len(grad_norms) if grad_norms else float("nan"),
         learning_rate=per_dp[0]["learning_rate"],
+        loss_scale=per_dp[0]["loss_scale"],
+        skipped_steps=skipped,
     )
 
 
@@ -148,7 +154,8 @@ def metrics_row(
         "rollout/response_tokens": sum(len(s.response_ids) for row in rollout.seqs_PN for s in row),
         "rollout/prompt_tokens": sum(len(s.prompt_ids) for row in rollout.seqs_PN for s in row),
     }
+    fp16 = {} if trained.loss_scale is None else {"loss_scale": trained.loss_scale, "skipped_steps": trained.skipped_steps}
     return {
         "step": step, **metrics, "objective/entropy_per_token": entropy_per_token,
-        "grad_norm": trained.grad_norm, "learning_rate": trained.learning_rate, **counts,
+        "grad_norm": trained.grad_norm, "learning_rate": trained.learning_rate, **fp16, **counts,
     }  # fmt: skip

@@ -24,7 +24,7 @@ filter_library_warnings()  # before Megatron is imported (below): its import-tim
 from common.config import role_parallel_sizes, role_section  # noqa: E402
 from common.device import apply_megatron_fusions, resolve_device  # noqa: E402
 from common.dpo import microbatch_dpo_loss, pair_sequences  # noqa: E402
-from common.optimizer import AdamSettings, build_actor_optimizer, train_step  # noqa: E402
+from common.optimizer import AdamSettings, build_actor_optimizer, loss_scale, train_step  # noqa: E402
 from common.reward_forward import shared_prompt_scores  # noqa: E402
 from common.schedule import run_microbatches  # noqa: E402
 from common.sequences import PaddedBatch, Sequence, chunks, collect_response_logps, collect_scores, micro_batches, score_positions  # noqa: E402
@@ -193,7 +193,8 @@ class ActorWorker(RoleWorker):
         Each pair: ``prompt_ids, chosen_ids, rejected_ids, ref_chosen, ref_rejected``. A micro-batch
         of k pairs is one forward of 2k sequences (k chosen, then k rejected). Returns the policy's
         summed log-probs per pair from the forward pass used for the update (meaningful on the last
-        pipeline stage), grad norms and the learning rate.
+        pipeline stage), grad norms (None for a step the fp16 optimizer skipped), the learning rate
+        and, in fp16, the loss scale after the last step.
         """
         a, alg = self.cfg.actor_rollout_ref.actor_rollout, self.cfg.algorithm
         dpo_loss = microbatch_dpo_loss(beta=alg.beta, loss_type=alg.loss_type)
@@ -211,6 +212,7 @@ class ActorWorker(RoleWorker):
             "policy_rejected": policy_rejected,
             "grad_norm": grad_norms,
             "learning_rate": self.optimizer.param_groups[0]["lr"],
+            "loss_scale": loss_scale(self.optimizer) if self.dtype == torch.float16 else None,
         }
 
     def save_weights(self, out_dir: str) -> None:

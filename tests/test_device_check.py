@@ -1,24 +1,36 @@
 """bench/device_check.py at toy scale on CPU: the engine's pieces (generation, reward, reference,
 one DPO step with Megatron's optimizer, checkpoint save + load) in one process, without Ray, with
 its own checks (reward scores of the workers' path equal to the full forward's, step-1 loss ln 2,
-repeated forward equal, finite loss after the step, checkpoint round trip). The same script runs at llama32_1b size in bf16 on a GPU (bench/device_check.sh)."""
+repeated forward equal, finite loss after the step, checkpoint round trip), in fp32 and, as on a
+GPU, in bf16 and fp16. The same script runs at llama32_1b size in bf16 on a GPU (bench/device_check.sh)."""
 
 import json
 import math
+import os
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 from conftest import ROOT
 
 
-def test_device_check_toy_cpu(tmp_path):
-    out = tmp_path / "device_check.json"
+def _device_check(script: Path, out: Path, *extra: str, env: dict | None = None) -> dict:
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "device_check.py"), "--device", "cpu", "--scale", "toy", "--threads", "2", "--out", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        [sys.executable, str(script), "--device", "cpu", "--scale", "toy", "--threads", "2", *extra, "--out", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=out.parent, env={**os.environ, **(env or {})},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    r = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def fp32_report(tmp_path_factory) -> dict:
+    return _device_check(ROOT / "bench" / "device_check.py", tmp_path_factory.mktemp("fp32") / "device_check.json")
+
+
+def test_device_check_toy_cpu(fp32_report):
+    r = fp32_report
     assert r["ok"] and all(c["ok"] for c in r["checks"].values())
     assert abs(r["checks"]["step1_loss_ln2"]["value"] - math.log(2)) < 1e-4
     assert r["checks"]["loss_after_step_finite"]["value"] < math.log(2)  # lr 1e-3 (cpu_scale): one step lowers it
@@ -36,34 +48,31 @@ def test_device_check_toy_cpu(tmp_path):
     assert "mixed_precision_main_params" not in r["checks"]  # fp32 weights: no main copies
 
 
-def test_device_check_bf16_mixed_precision_on_cpu(tmp_path):
-    """The check in bf16, as on a GPU, run on CPU (tests/_device_check_bf16_cpu.py answers Megatron's
-    CUDA-only type checks): Megatron's Float16OptimizerWithFloat16Params trains bf16 weights through
-    fp32 main parameters, and every check passes at its bf16 tolerance."""
-    out = tmp_path / "device_check_bf16.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "_device_check_bf16_cpu.py"), "--device", "cpu", "--scale", "toy", "--threads", "2",
-         "--peak-tflops", "1", "--out", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    r = json.loads(out.read_text())
-    assert r["workload"]["dtype"] == "bf16" and r["ok"]
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_device_check_half_precision_on_cpu(tmp_path, fp32_report, dtype):
+    """The check in bf16 (the recipes' dtype on a GPU) and fp16, run on CPU (tests/_half_precision_on_cpu.py
+    answers Megatron's CUDA-only type checks): Megatron's Float16OptimizerWithFloat16Params trains
+    the half-precision weights through fp32 main parameters, every check passes at its tolerance,
+    and the gradient norm is the fp32 run's (in fp16: the schedules scaled the loss by the
+    optimizer's loss scale, 2^16, and the optimizer unscaled the gradients)."""
+    r = _device_check(ROOT / "tests" / "_device_check_half_precision.py", tmp_path / "device_check.json", "--peak-tflops", "1", env={"ODPO_DTYPE": dtype})
+    assert r["workload"]["dtype"] == dtype and r["ok"]
     assert r["optimizer"]["classes"] == ["Float16OptimizerWithFloat16Params"] and r["optimizer"]["fused_adam"] is True
-    # Adam steps fp32 main copies of every weight, and the bf16 weights are those rounded
+    assert r["optimizer"]["loss_scale"] == (2.0**16 if dtype == "fp16" else 1.0)
+    norm, fp32_norm = r["checks"]["grad_norm_finite"]["value"], fp32_report["checks"]["grad_norm_finite"]["value"]
+    assert abs(norm - fp32_norm) < 0.02 * fp32_norm, (norm, fp32_norm)
+    # Adam steps fp32 main copies of every weight, and the half-precision weights are those rounded
     mixed = r["checks"]["mixed_precision_main_params"]
     assert mixed["ok"] and mixed["params_equal_rounded_main"] and mixed["fp32_main_params"] == mixed["adam_params"] > 0
     assert r["checks"]["step1_loss_ln2"]["tolerance"] == 1e-2 and abs(r["checks"]["step1_loss_ln2"]["value"] - math.log(2)) < 1e-2
     assert r["checks"]["loss_after_step_finite"]["value"] < math.log(2)
-    assert r["checks"]["checkpoint_roundtrip"]["bytes"] < 2.1 * r["workload"]["params"]["actor"]  # saved in bf16
+    assert r["checks"]["checkpoint_roundtrip"]["bytes"] < 2.1 * r["workload"]["params"]["actor"]  # saved in half precision
 
 
 def test_recipe_budget_takes_a_measured_report(tmp_path, capsys):
     """The budget's "measured by device_check" column: empty without a report, filled from a
     full-scale report's per-role bytes (a hand-made report here: none has been recorded), and a
     toy-scale report is refused."""
-    import pytest
-
     from tools import recipe_budget
 
     recipe_budget.main(["llama32_1b"])

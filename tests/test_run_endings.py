@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from common.health import COLLAPSE_ITERS, CollapseWatch, NonFiniteError, check_finite
+from common.health import COLLAPSE_ITERS, MIN_LOSS_SCALE, CollapseWatch, NonFiniteError, check_finite, check_loss_scale
 from common.outputs import read_jsonl
 from conftest import ROOT, SHORT_RUN, run_recipe
 
@@ -179,6 +179,12 @@ def test_health_checks():
     assert all(watch.update(s, 0.3, near_uniform) is None for s in range(1, 10))
     said = [watch.update(s, 0.0, 11.7617) for s in range(1, 2 * COLLAPSE_ITERS)]
     assert [s is not None for s in said].count(True) == 1 and said[COLLAPSE_ITERS - 1]
+    # fp16: skipped steps are loss scaling at work, until every step overflows at the smallest scale
+    check_loss_scale(skipped=2, steps=2, scale=2.0**15)
+    check_loss_scale(skipped=1, steps=2, scale=MIN_LOSS_SCALE)
+    check_loss_scale(skipped=0, steps=1, scale=None)
+    with pytest.raises(NonFiniteError, match="training.dtype=bf16"):
+        check_loss_scale(skipped=2, steps=2, scale=MIN_LOSS_SCALE)
 
 
 # ----------------------------------------------------------------------------- --nodes

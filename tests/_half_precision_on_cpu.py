@@ -1,21 +1,25 @@
-"""Test helper: let bf16 through on CPU, to run the mixed-precision path GPU runs take without a GPU.
+"""Test helper: let bf16 and fp16 through on CPU, to run the mixed-precision path GPU runs take without a GPU.
 
 Two things stand between that path and a CPU, and `install()` moves only those, in its own process:
 - Megatron's mixed-precision optimizer (`Float16OptimizerWithFloat16Params`) and gradient clipping
   accept only parameters whose `Tensor.type()` is `torch.cuda.{BFloat16,Half,Float}Tensor`: a CPU
   tensor answers its type as the same tensor on CUDA would (MindSpeed answers for NPU tensors the
   same way, and so does common/device.py on Ascend);
-- the project refuses bf16 on CPU (for a real run a configuration mistake: bf16 matmuls are slow on
-  most CPUs), in the config check and in `Device.compute_dtype`: the config is checked as if it were
-  fp32 (the only check that differs), and the device maps bf16 as an accelerator does.
+- the project refuses bf16/fp16 on CPU (for a real run a configuration mistake: half-precision
+  matmuls are slow on most CPUs), in the config check and in `Device.compute_dtype`: the config is
+  checked as if it were fp32 (the only check that differs), and the device maps the dtype as an
+  accelerator does.
 Everything else runs as it would on a GPU, CUDA itself aside.
 
-Used by tests/_device_check_bf16_cpu.py (one process) and, for Ray runs whose worker processes need
-it too, by tests/_bf16_cpu_site/sitecustomize.py (`PYTHONPATH=tests/_bf16_cpu_site ODPO_BF16_ON_CPU=1`).
+`ODPO_INITIAL_LOSS_SCALE` sets fp16's first loss scale (common/optimizer.py's INITIAL_LOSS_SCALE), so that a test can make gradients overflow.
+
+Used by tests/_device_check_half_precision.py (one process) and, for Ray runs whose worker processes need
+it too, by tests/_half_precision_site/sitecustomize.py (`PYTHONPATH=tests/_half_precision_site ODPO_HALF_PRECISION_ON_CPU=1`).
 """
 
 from __future__ import annotations
 
+import os
 from functools import wraps
 
 
@@ -33,11 +37,11 @@ def _answers_as_cuda(type_fn):
 def install() -> None:
     import torch
 
-    if getattr(torch, "_odpo_bf16_on_cpu", False):
+    if getattr(torch, "_odpo_half_precision_on_cpu", False):
         return
     from omegaconf import OmegaConf
 
-    from common import config, device
+    from common import config, device, optimizer
 
     torch.Tensor.type = _answers_as_cuda(torch.Tensor.type)
     torch.nn.Parameter.type = _answers_as_cuda(torch.nn.Parameter.type)
@@ -51,4 +55,6 @@ def install() -> None:
         return validate(as_fp32)
 
     config.validate = validate_as_fp32
-    torch._odpo_bf16_on_cpu = True
+    if os.environ.get("ODPO_INITIAL_LOSS_SCALE"):
+        optimizer.INITIAL_LOSS_SCALE = float(os.environ["ODPO_INITIAL_LOSS_SCALE"])
+    torch._odpo_half_precision_on_cpu = True

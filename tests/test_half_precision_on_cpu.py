@@ -1,7 +1,7 @@
 """The whole loop in bf16, the dtype GPU runs train in, on CPU: `./run.sh tiny training.dtype=bf16`
 through Ray (actor TP 2, reference, reward), a checkpoint, a resume from it and the Hugging Face
-export. tests/_bf16_on_cpu.py (applied in the driver and every Ray worker by
-tests/_bf16_cpu_site/sitecustomize.py) answers Megatron's CUDA-only type checks and lets bf16
+export; and fp16's loss scaling (steps skipped while the scale comes down, then training). tests/_half_precision_on_cpu.py (applied in the driver and every Ray worker by
+tests/_half_precision_site/sitecustomize.py) answers Megatron's CUDA-only type checks and lets bf16
 through on CPU; everything else is the code a GPU run executes, CUDA aside."""
 
 import json
@@ -16,13 +16,13 @@ from safetensors import safe_open
 from common.outputs import read_jsonl
 from conftest import ROOT
 
-BF16_ENV = {"PYTHONPATH": str(ROOT / "tests" / "_bf16_cpu_site"), "ODPO_BF16_ON_CPU": "1"}
+BF16_ENV = {"PYTHONPATH": str(ROOT / "tests" / "_half_precision_site"), "ODPO_HALF_PRECISION_ON_CPU": "1"}
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
+def _run(*args: str, **env_extra: str) -> subprocess.CompletedProcess:
     # a private Ray instance (no RAY_ADDRESS): its workers start with this environment, the shared
     # test cluster's would not
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | BF16_ENV
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | BF16_ENV | env_extra
     return subprocess.run([str(ROOT / "run.sh"), "tiny", *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
 
 
@@ -57,3 +57,29 @@ def test_tiny_recipe_trains_resumes_and_exports_in_bf16(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     untimed = lambda row: {k: v for k, v in row.items() if not k.startswith("timing/")}  # noqa: E731
     assert [untimed(r) for r in read_jsonl(again / "metrics.jsonl")] == [untimed(r) for r in rows]
+
+
+@pytest.mark.slow
+def test_fp16_skips_overflowing_steps_until_the_loss_scale_fits_then_trains(tmp_path):
+    """fp16 with a first loss scale far too large (2^30; the run's own is 2^16): the gradients
+    overflow, Megatron's optimizer skips those steps and lowers the scale (after its hysteresis of
+    2), the policy stays the reference meanwhile (KL 0), and once the scale fits the steps are taken
+    and the gradient norm is the true one (the loss is scaled by the schedules and the gradients
+    unscaled by the optimizer: a norm 2^k too small would mean the scale never reached the loss)."""
+    out = tmp_path / "run"
+    proc = _run("--out", str(out), "training.dtype=fp16", "training.train_iters=16", ODPO_INITIAL_LOSS_SCALE=str(2.0**30))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert len(rows) == 16 and all(r["skipped_steps"] in (0, 1) for r in rows)
+    skipped = [r["skipped_steps"] == 1 for r in rows]
+    first_taken = skipped.index(False)
+    assert first_taken >= 2 and all(skipped[:first_taken])
+    # the first overflow only spends the hysteresis (2); each one after it halves the scale
+    assert [r["loss_scale"] for r in rows[:first_taken]] == [2.0 ** (30 - k) for k in range(first_taken)]
+    assert all(math.isnan(r["grad_norm"]) for r in rows[:first_taken])  # no norm for a skipped step
+    # no update yet when these iterations' log-probs were taken: the policy is the reference (up to
+    # the rounding of its other layout: actor TP 2, reference TP 1), then it moves
+    assert all(abs(r["objective/kl"]) < 1e-3 for r in rows[: first_taken + 1])
+    assert max(abs(r["objective/kl"]) for r in rows[first_taken + 1 :]) > 1e-3
+    taken = [r for r in rows if r["skipped_steps"] == 0]
+    assert all(0.1 < r["grad_norm"] < 10 for r in taken)  # the fp32 run's norms are ~1.7 here
