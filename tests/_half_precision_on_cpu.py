@@ -11,6 +11,7 @@ Two things stand between that path and a CPU, and `install()` moves only those, 
   accelerator does.
 Everything else runs as it would on a GPU, CUDA itself aside.
 
+fp16's loss scaler restores its scale with `tensor.cuda()`: on CPU it keeps the tensor where it is.
 `ODPO_INITIAL_LOSS_SCALE` sets fp16's first loss scale (common/optimizer.py's INITIAL_LOSS_SCALE), so that a test can make gradients overflow.
 
 Used by tests/_device_check_half_precision.py (one process) and, for Ray runs whose worker processes need
@@ -55,6 +56,15 @@ def install() -> None:
         return validate(as_fp32)
 
     config.validate = validate_as_fp32
+
+    from megatron.core.optimizer.grad_scaler import DynamicGradScaler
+
+    def load_state_dict(self, state_dict):  # Megatron's, without `.cuda()`
+        self._scale = state_dict["scale"]
+        self._growth_tracker = state_dict["growth_tracker"]
+        self._hysteresis_tracker = state_dict["hysteresis_tracker"]
+
+    DynamicGradScaler.load_state_dict = load_state_dict
     if os.environ.get("ODPO_INITIAL_LOSS_SCALE"):
         optimizer.INITIAL_LOSS_SCALE = float(os.environ["ODPO_INITIAL_LOSS_SCALE"])
     torch._odpo_half_precision_on_cpu = True

@@ -1,6 +1,7 @@
 """The whole loop in bf16, the dtype GPU runs train in, on CPU: `./run.sh tiny training.dtype=bf16`
 through Ray (actor TP 2, reference, reward), a checkpoint, a resume from it and the Hugging Face
-export; and fp16's loss scaling (steps skipped while the scale comes down, then training). tests/_half_precision_on_cpu.py (applied in the driver and every Ray worker by
+export; and fp16's loss scaling (steps skipped while the scale comes down, then training, and a
+resume that restores the scale). tests/_half_precision_on_cpu.py (applied in the driver and every Ray worker by
 tests/_half_precision_site/sitecustomize.py) answers Megatron's CUDA-only type checks and lets bf16
 through on CPU; everything else is the code a GPU run executes, CUDA aside."""
 
@@ -67,7 +68,7 @@ def test_fp16_skips_overflowing_steps_until_the_loss_scale_fits_then_trains(tmp_
     and the gradient norm is the true one (the loss is scaled by the schedules and the gradients
     unscaled by the optimizer: a norm 2^k too small would mean the scale never reached the loss)."""
     out = tmp_path / "run"
-    proc = _run("--out", str(out), "training.dtype=fp16", "training.train_iters=16", ODPO_INITIAL_LOSS_SCALE=str(2.0**30))
+    proc = _run("--out", str(out), "training.dtype=fp16", "training.train_iters=16", "training.save_interval=10", ODPO_INITIAL_LOSS_SCALE=str(2.0**30))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     rows = read_jsonl(out / "metrics.jsonl")
     assert len(rows) == 16 and all(r["skipped_steps"] in (0, 1) for r in rows)
@@ -83,3 +84,12 @@ def test_fp16_skips_overflowing_steps_until_the_loss_scale_fits_then_trains(tmp_
     assert max(abs(r["objective/kl"]) for r in rows[first_taken + 1 :]) > 1e-3
     taken = [r for r in rows if r["skipped_steps"] == 0]
     assert all(0.1 < r["grad_norm"] < 10 for r in taken)  # the fp32 run's norms are ~1.7 here
+
+    # resumed from iteration 10's checkpoint, the loss scaler's state (scale, hysteresis) included:
+    # iterations 11-16 as the uninterrupted run had them (skipped and taken steps alike)
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    proc = _run("--resume", str(again))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    untimed = lambda row: json.dumps({k: v for k, v in row.items() if not k.startswith("timing/")}, sort_keys=True)  # noqa: E731 (NaN-safe)
+    assert [untimed(r) for r in read_jsonl(again / "metrics.jsonl")] == [untimed(r) for r in rows]
