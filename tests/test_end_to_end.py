@@ -79,3 +79,27 @@ def test_short_run_writes_every_output_and_a_checkpoint(short_run):
     assert len(read_jsonl(out / "rollouts.jsonl")) == 4 * load_config(out / "config.yaml").training.global_batch_size
     assert (out / "checkpoints" / "latest").read_text().strip() == "iter_000004"
     assert (out / "loss.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_several_samples_epochs_and_steps_per_iteration_with_a_schedule(tmp_path):
+    """4 samples per prompt (the best is chosen, the worst rejected), 2 epochs over the pairs in
+    mini-batches of 4 (4 optimizer steps per iteration), 25 % linear warmup then cosine decay to
+    min_lr: the learning rate after each iteration is Megatron's schedule at 4, 8, 12, 16 steps."""
+    a = "actor_rollout_ref.actor_rollout"
+    out = tmp_path / "run"
+    proc = run_recipe(
+        "tiny", out, "training.train_iters=4", f"{a}.n_samples_per_prompt=4", f"{a}.ppo_epochs=2",
+        f"{a}.ppo_mini_batch_size=4", f"{a}.micro_batch_size=2", f"{a}.lr_decay_style=cosine",
+        f"{a}.lr_warmup_fraction=0.25", f"{a}.min_lr=1e-4",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    rows = read_jsonl(out / "metrics.jsonl")
+    lr, min_lr = 1e-3, 1e-4  # tiny's lr
+    cosine = lambda step: min_lr + (lr - min_lr) * 0.5 * (math.cos(math.pi * (step - 4) / 12) + 1)  # noqa: E731
+    assert [r["learning_rate"] for r in rows] == pytest.approx([lr, cosine(8), cosine(12), min_lr], rel=1e-9)
+    assert abs(rows[0]["loss"] - math.log(2)) < 1e-4 and all(math.isfinite(r["grad_norm"]) for r in rows)
+    for r in read_jsonl(out / "rollouts.jsonl"):
+        scores = r["scores"]
+        assert len(r["responses"]) == len(scores) == 4
+        assert scores[r["chosen"]] == max(scores) and scores[r["rejected"]] == min(scores)
