@@ -18,10 +18,11 @@ architecture, dtype, micro-batch sizes, sampling, optimizer and DPO settings. We
               equal the above within rounding (model FLOPs of the full forward counted for both)
   reference   summed response log-probs of both members of every pair, in the loop's layout,
               run twice: the second forward must equal the first
-  optimizer   Megatron DDP + Megatron Adam (bf16: Float16OptimizerWithFloat16Params, fp32 main
-              params), common.optimizer.build_actor_optimizer, as ActorWorker builds it
+  optimizer   Megatron DDP + Megatron Adam (bf16/fp16: Float16OptimizerWithFloat16Params, fp32 main
+              params; fp16 with dynamic loss scaling), common.optimizer.build_actor_optimizer, as
+              ActorWorker builds it
   train       one DPO step (common.optimizer.train_step): the step-1 loss must be ln 2; in bf16
-              every weight must then equal its fp32 main parameter rounded to bf16
+              or fp16 every weight must then equal its fp32 main parameter rounded to that dtype
   after       the DPO loss again (forward only): must be finite
   checkpoint  save the actor (common.convert.save_checkpoint, the project's format), load it into
               the reference model (load_checkpoint_into_model): every weight must equal the actor's
