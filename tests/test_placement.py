@@ -59,21 +59,27 @@ def test_tiny_across_two_simulated_nodes_lands_where_planned(two_node_cluster, t
     assert len({n["node_id"] for n in record["nodes"]}) == 2
 
 
+ONE_RANK = ("resource_pool.actor_rollout=1", "actor_rollout_ref.actor_rollout.tensor_model_parallel_size=1")
+TP2_ROLES = ("actor_rollout_ref.ref.tensor_model_parallel_size=2", "resource_pool.ref=2", "reward.tensor_model_parallel_size=2", "resource_pool.reward=2")
+
+
 @pytest.mark.slow
-def test_colocated_ref_and_reward_compute_what_their_own_processes_do(tmp_path):
-    """``resource_pool.colocate=[ref,reward]``: the reference and reward model in the actor's process
-    give the same numbers as in processes of their own, bit for bit (same layouts, same threads)."""
+@pytest.mark.parametrize("layout, ranks", [(ONE_RANK, 1), (TP2_ROLES, 2)], ids=["tp1", "tp2"])
+def test_colocated_ref_and_reward_compute_what_their_own_processes_do(tmp_path, layout, ranks):
+    """``resource_pool.colocate=[ref,reward]``: the reference and reward model in the actor's
+    process(es) give the same numbers as in processes of their own, bit for bit (same layouts, same
+    threads), with every role on one rank (TP 1) and on two (TP 2: each of the actor's two processes
+    holds a TP shard of all three models)."""
     from common.outputs import read_jsonl
     from conftest import run_recipe
 
-    one_rank = ("training.train_iters=2", "resource_pool.actor_rollout=1", "actor_rollout_ref.actor_rollout.tensor_model_parallel_size=1")
     runs = {}
     for name, extra in (("own", ()), ("colocated", ("resource_pool.colocate=[ref,reward]",))):
-        proc = run_recipe("tiny", tmp_path / name, *one_rank, *extra)
+        proc = run_recipe("tiny", tmp_path / name, "training.train_iters=2", *layout, *extra)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
         runs[name] = tmp_path / name
     roles = {name: json.loads((out / "placement.json").read_text())["roles"] for name, out in runs.items()}
-    assert [r.get("process_of") for r in roles["colocated"]["ref"] + roles["colocated"]["reward"]] == ["actor_rollout"] * 2
+    assert [r.get("process_of") for r in roles["colocated"]["ref"] + roles["colocated"]["reward"]] == ["actor_rollout"] * 2 * ranks
     assert all("process_of" not in r for ranks in roles["own"].values() for r in ranks)
 
     def numbers(out):
