@@ -377,6 +377,8 @@ def describe_optimizer(optimizer) -> dict:
     runs, and, for half-precision weights (``Float16OptimizerWithFloat16Params``), how many fp32
     main parameters it keeps and whether every model weight equals its main parameter rounded to
     the weight's dtype after the step (Megatron copies them back after each step)."""
+    from common.optimizer import loss_scale
+
     chained = getattr(optimizer, "chained_optimizers", [optimizer])
     pairs = [
         (weight, main)
@@ -388,7 +390,7 @@ def describe_optimizer(optimizer) -> dict:
         "classes": sorted({type(o).__name__ for o in chained}),
         "fused_adam": all(g.get("fused", False) for o in chained for g in o.optimizer.param_groups),
         "adam_params": sum(len(g["params"]) for o in chained for g in o.optimizer.param_groups),
-        "loss_scale": float(optimizer.get_loss_scale()),  # after the step; fp16's dynamic scale, else 1
+        "loss_scale": loss_scale(optimizer),  # after the step; fp16's dynamic scale, else 1
         "fp32_main_params": sum(main.dtype == torch.float32 for _, main in pairs),
         "params_equal_rounded_main": all(torch.equal(w.detach(), m.detach().to(w.dtype)) for w, m in pairs),
     }

@@ -38,7 +38,7 @@ def check_finite(policy_logps: list[float], grad_norms: list[float]) -> None:
         raise NonFiniteError(" and ".join(what) + " not finite")
 
 
-MIN_LOSS_SCALE = 1.0  # Megatron's OptimizerConfig.min_loss_scale (common/optimizer.py keeps its default)
+MIN_LOSS_SCALE = 1.0  # fp16's smallest loss scale (common/optimizer.py gives it to Megatron's optimizer)
 
 
 def check_loss_scale(skipped: int, steps: int, scale: float | None) -> None:

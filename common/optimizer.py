@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from common.health import MIN_LOSS_SCALE
 
 INITIAL_LOSS_SCALE = 2.0**16  # fp16 only (see the module docstring)
 
@@ -68,6 +69,7 @@ def build_actor_optimizer(policy, settings: AdamSettings, *, dtype: torch.dtype,
             bf16=dtype == torch.bfloat16,
             fp16=dtype == torch.float16,
             initial_loss_scale=INITIAL_LOSS_SCALE,
+            min_loss_scale=MIN_LOSS_SCALE,
             params_dtype=dtype,
         ),
         [model],

@@ -114,11 +114,12 @@ def train_on_pairs(
     ]
     per_dp = actor.run_per_dp("train", split(items, actor.dp_size), mini_batch_per_rank)
     local = len(items) // actor.dp_size  # with ppo_epochs > 1 a rank returns every epoch's values: keep the first
-    grad_norms = [g for g in per_dp[0]["grad_norm"] if g is not None]  # None: a step fp16 skipped
-    skipped = len(per_dp[0]["grad_norm"]) - len(grad_norms)
+    steps = per_dp[0]["grad_norm"]  # one per optimizer step; None: a step fp16 skipped
+    grad_norms = [g for g in steps if g is not None]
+    skipped = len(steps) - len(grad_norms)
     # NaN/inf stops the run here, before the iteration's checkpoint (common/health.py)
     check_finite([x for o in per_dp for x in o["policy_chosen"] + o["policy_rejected"]], grad_norms)
-    check_loss_scale(skipped, len(per_dp[0]["grad_norm"]), per_dp[0]["loss_scale"])
+    check_loss_scale(skipped, len(steps), per_dp[0]["loss_scale"])
     return TrainResult(
         policy_chosen=[x for o in per_dp for x in o["policy_chosen"][:local]],
         policy_rejected=[x for o in per_dp for x in o["policy_rejected"][:local]],

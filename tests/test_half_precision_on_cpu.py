@@ -3,7 +3,7 @@ through Ray (actor TP 2, reference, reward), a checkpoint, a resume from it and 
 export; and fp16's loss scaling (steps skipped while the scale comes down, then training, and a
 resume that restores the scale). tests/_half_precision_on_cpu.py (applied in the driver and every Ray worker by
 tests/_half_precision_site/sitecustomize.py) answers Megatron's CUDA-only type checks and lets bf16
-through on CPU; everything else is the code a GPU run executes, CUDA aside."""
+and fp16 through on CPU; everything else is the code a GPU run executes, CUDA aside."""
 
 import json
 import math
@@ -17,14 +17,19 @@ from safetensors import safe_open
 from common.outputs import read_jsonl
 from conftest import ROOT
 
-BF16_ENV = {"PYTHONPATH": str(ROOT / "tests" / "_half_precision_site"), "ODPO_HALF_PRECISION_ON_CPU": "1"}
+HALF_PRECISION_ENV = {"PYTHONPATH": str(ROOT / "tests" / "_half_precision_site"), "ODPO_HALF_PRECISION_ON_CPU": "1"}
 
 
 def _run(*args: str, **env_extra: str) -> subprocess.CompletedProcess:
     # a private Ray instance (no RAY_ADDRESS): its workers start with this environment, the shared
     # test cluster's would not
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | BF16_ENV | env_extra
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | HALF_PRECISION_ENV | env_extra
     return subprocess.run([str(ROOT / "run.sh"), "tiny", *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+
+
+def _untimed(row: dict) -> str:
+    """A metrics row without its timings, as text: rows compare equal with NaN values in them."""
+    return json.dumps({k: v for k, v in row.items() if not k.startswith("timing/")}, sort_keys=True)
 
 
 def _dtypes(folder) -> set[str]:
@@ -56,8 +61,7 @@ def test_tiny_recipe_trains_resumes_and_exports_in_bf16(tmp_path):
     shutil.copytree(out, again)
     proc = _run("--resume", str(again))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    untimed = lambda row: {k: v for k, v in row.items() if not k.startswith("timing/")}  # noqa: E731
-    assert [untimed(r) for r in read_jsonl(again / "metrics.jsonl")] == [untimed(r) for r in rows]
+    assert [_untimed(r) for r in read_jsonl(again / "metrics.jsonl")] == [_untimed(r) for r in rows]
 
 
 @pytest.mark.slow
@@ -91,5 +95,4 @@ def test_fp16_skips_overflowing_steps_until_the_loss_scale_fits_then_trains(tmp_
     shutil.copytree(out, again)
     proc = _run("--resume", str(again))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    untimed = lambda row: json.dumps({k: v for k, v in row.items() if not k.startswith("timing/")}, sort_keys=True)  # noqa: E731 (NaN-safe)
-    assert [untimed(r) for r in read_jsonl(again / "metrics.jsonl")] == [untimed(r) for r in rows]
+    assert [_untimed(r) for r in read_jsonl(again / "metrics.jsonl")] == [_untimed(r) for r in rows]
