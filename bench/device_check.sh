@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The prepared GPU-machine run of bench/device_check.py: llama32_1b at full size, bf16, one GPU.
 # One command, sized for the 15 minutes of device time a session gets (machine start included):
-# the device check twice, plain (--fusions off; limit 240 s, expected ~2 min) then with the fused
-# kernels training uses on CUDA (--fusions device, torch.compile included; limit 200 s); the second
-# cannot spoil the first's output. From a session with a GPU (the device tool runs this in a copy of the working tree):
+# the device check three times, plain (--fusions off; limit 200 s), with the fused kernels training
+# uses on CUDA (--fusions device, torch.compile included; limit 180 s), and in fp16 (limit 120 s);
+# a later run cannot spoil an earlier one's output. From a session with a GPU (the device tool runs this in a copy of the working tree):
 #
 #   bench/device_check_bundle.sh                                   # here, once: bench/wheels/ (cp312)
 #   run(command="ODPO_GIT_COMMIT=<git rev-parse HEAD> bash bench/device_check.sh",
-#       carry=["bench/wheels"], timeout_s=480)
-#   (only one of the two again, if time is left:  RUNS=fused ODPO_GIT_COMMIT=... bash bench/device_check.sh)
+#       carry=["bench/wheels"], timeout_s=540)
+#   (some of them again, if time is left:  RUNS="fused fp16" ODPO_GIT_COMMIT=... bash bench/device_check.sh)
 #
 # then copy $OUT's files to docs/device/ and commit them (README "Device check").
 # Installs the copied wheels into a temporary --target folder (never into the machine's Python).
@@ -42,19 +42,21 @@ export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 } > "$OUT/environment.txt" 2>&1
 cat "$OUT/environment.txt"
 
-# 1. plain (the record); 2. with the device's fused kernels (as training runs on CUDA).
-# RUNS="plain" (or "fused") reruns one of them; each has its own time limit, so a slow second run
-# cannot cost the first its output.
-RUNS=${RUNS:-plain fused}
+# 1. plain (the record); 2. with the device's fused kernels (as training runs on CUDA); 3. fp16
+# (Megatron's dynamic loss scaling, plain kernels). RUNS="plain" (or "fused", "fp16", any list)
+# reruns some of them; each has its own time limit, so a slow later run cannot cost an earlier one
+# its output.
+RUNS=${RUNS:-plain fused fp16}
 rc_all=0
 for run in $RUNS; do
   case $run in
-    plain) fusions=off; limit=240; name=device_check ;;
-    fused) fusions=device; limit=200; name=device_check_fused ;;
-    *) echo "RUNS: unknown run '$run' (plain, fused)" >&2; exit 2 ;;
+    plain) fusions=off; limit=200; name=device_check; extra=() ;;
+    fused) fusions=device; limit=180; name=device_check_fused; extra=() ;;
+    fp16) fusions=off; limit=120; name=device_check_fp16; extra=(training.dtype=fp16) ;;
+    *) echo "RUNS: unknown run '$run' (plain, fused, fp16)" >&2; exit 2 ;;
   esac
   timeout "$limit" "$PY" bench/device_check.py --device "$DEVICE" --scale "$SCALE" --fusions "$fusions" \
-    --out "$OUT/$name.json" 2>&1 | tee "$OUT/$name.log"
+    --out "$OUT/$name.json" "${extra[@]}" 2>&1 | tee "$OUT/$name.log"
   rc=${PIPESTATUS[0]}
   echo "device_check $run: exit $rc (124 = timed out after ${limit}s)" | tee -a "$OUT/environment.txt"
   [ "$rc" -eq 0 ] || rc_all=$rc
