@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     from common import parallel
     from common.convert import load_checkpoint_into_model, save_checkpoint
     from common.dpo import dpo_losses, microbatch_dpo_loss, pair_sequences
-    from common.generation import generate
+    from common.generation import decode_mode, generate
     from common.model import build_policy, build_reward_model
     from common.optimizer import AdamSettings, build_actor_optimizer, train_step
     from common.pairs import apply_missing_eos_penalty, select_pairs
@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     stop_ids = LLAMA3_STOP_IDS if arch.vocab_size > max(LLAMA3_STOP_IDS) else [arch.vocab_size - 1]
     n_policy, n_reward = matmul_params(arch, reward=False), matmul_params(reward_arch, reward=True)
     print(f"[device_check] {device.kind} ({device.name()}), {t.dtype}, {args.recipe} {args.scale}: "
-          f"{arch.num_layers} layers, hidden {arch.hidden_size}, vocab {arch.vocab_size}; fusions {fusions or 'none'}", flush=True)
+          f"{arch.num_layers} layers, hidden {arch.hidden_size}, vocab {arch.vocab_size}; fusions {fusions or 'none'}; "
+          f"decode {decode_mode(a.decode, torch_device)}", flush=True)
 
     # --- build ------------------------------------------------------------------------------
     def build():
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     prompts = [torch.randint(0, min(PROMPT_ID_RANGE, arch.vocab_size - 1), (n,), generator=g).tolist() for n in lengths]
     rows = [p for p in prompts for _ in range(n_samples)]  # row i*n + j = prompt i, sample j
     keys = [sample_key(t.seed, 1, i, j) for i in range(args.prompts) for j in range(n_samples)]  # as the recipes key them
-    sample = dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, eos_token_ids=stop_ids)
+    sample = dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, eos_token_ids=stop_ids, decode=a.decode)
     phases.run("warmup", lambda: generate(actor, rows[:2], max_new_tokens=4, sample_keys=keys[:2], **sample))
 
     def gen_flops(out):
@@ -349,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             "recipe": args.recipe, "scale": args.scale, "dtype": t.dtype, "arch": OmegaConf.to_container(cfg.model),
             "prompts": args.prompts, "samples_per_prompt": n_samples, "max_new_tokens": new_tokens,
             "prompt_lengths": lengths, "micro_batch_pairs": a.micro_batch_size, "fusions": fusions,
+            "decode": decode_mode(a.decode, torch_device),
             "params": {k: v // dtype.itemsize for k, v in weights.items()},
         },
         "generation": {"rows": len(rows), "generated_tokens": generated,

@@ -43,7 +43,8 @@ export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 cat "$OUT/environment.txt"
 
 # 1. plain (the record); 2. with the device's fused kernels (as training runs on CUDA); 3. fp16
-# (Megatron's dynamic loss scaling, plain kernels). RUNS="plain" (or "fused", "fp16", any list)
+# (Megatron's dynamic loss scaling, plain kernels). Not by default: "eager" (plain with eager decode
+# steps instead of a CUDA graph) and "profile" (bench/decode_profile.py). RUNS="plain" (any list)
 # reruns some of them; each has its own time limit, so a slow later run cannot cost an earlier one
 # its output.
 RUNS=${RUNS:-plain fused fp16}
@@ -53,7 +54,13 @@ for run in $RUNS; do
     plain) fusions=off; limit=200; name=device_check; extra=() ;;
     fused) fusions=device; limit=180; name=device_check_fused; extra=() ;;
     fp16) fusions=off; limit=120; name=device_check_fp16; extra=(training.dtype=fp16) ;;
-    *) echo "RUNS: unknown run '$run' (plain, fused, fp16)" >&2; exit 2 ;;
+    eager) fusions=off; limit=120; name=device_check_eager; extra=(actor_rollout_ref.actor_rollout.decode=eager) ;;
+    profile)  # where a decode step's time goes (bench/decode_profile.py); not part of the default runs
+      timeout 150 "$PY" bench/decode_profile.py --device "$DEVICE" --scale "$SCALE" --profile-steps 6 --out "$OUT/decode_profile" 2>&1 \
+        | tee "$OUT/decode_profile.log"
+      rc=${PIPESTATUS[0]}; echo "decode_profile: exit $rc" | tee -a "$OUT/environment.txt"; [ "$rc" -eq 0 ] || rc_all=$rc
+      continue ;;
+    *) echo "RUNS: unknown run '$run' (plain, fused, fp16, eager, profile)" >&2; exit 2 ;;
   esac
   timeout "$limit" "$PY" bench/device_check.py --device "$DEVICE" --scale "$SCALE" --fusions "$fusions" \
     --out "$OUT/$name.json" "${extra[@]}" 2>&1 | tee "$OUT/$name.log"
@@ -61,4 +68,8 @@ for run in $RUNS; do
   echo "device_check $run: exit $rc (124 = timed out after ${limit}s)" | tee -a "$OUT/environment.txt"
   [ "$rc" -eq 0 ] || rc_all=$rc
 done
+# the device tool brings back at most 8 files: past that, one archive of them all
+if [ "$(find "$OUT" -type f | wc -l)" -gt 8 ]; then
+  tar -czf "$SITE/device_check_all.tar.gz" -C "$OUT" . && rm -rf "${OUT:?}"/* && mv "$SITE/device_check_all.tar.gz" "$OUT/"
+fi
 exit "$rc_all"

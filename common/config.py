@@ -27,6 +27,8 @@ from omegaconf import DictConfig, OmegaConf
 from common.arch import LlamaArch, check_arch, layout_problem
 from common.dtypes import DTYPE_NAMES
 
+DECODE_MODES = ("auto", "eager", "static", "graph")  # common.generation.generate(decode=...)
+
 # --------------------------------------------------------------------------------------- schema
 
 
@@ -63,6 +65,8 @@ class ActorRolloutConfig:
     temperature: float = 0.7
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1.0 = off
+    # decode steps: auto (a CUDA graph per generation on CUDA with TP 1, else eager) | eager | static | graph
+    decode: str = "auto"
     missing_eos_penalty: Optional[float] = None
     no_shuffle: bool = True
     fixed_responses: Optional[str] = None  # JSONL of stored responses replacing generation
@@ -410,6 +414,10 @@ def validate(cfg: DictConfig) -> None:
         )
     if not 0 < actor.top_p <= 1:
         raise ValueError(f"actor_rollout_ref.actor_rollout.top_p={actor.top_p}: must be in (0, 1]; 1.0 turns it off")
+    if actor.decode not in DECODE_MODES:
+        raise ValueError(f"actor_rollout_ref.actor_rollout.decode={actor.decode!r}: use one of {', '.join(DECODE_MODES)}")
+    if actor.decode == "graph" and t.device == "cpu":
+        raise ValueError("actor_rollout_ref.actor_rollout.decode=graph needs CUDA (a CUDA graph); use auto or eager on CPU")
     if actor.top_k < 0:
         raise ValueError(f"actor_rollout_ref.actor_rollout.top_k={actor.top_k}: must be >= 0; 0 turns it off")
     if not 0 <= actor.generate_devices < cfg.resource_pool.actor_rollout:

@@ -6,6 +6,12 @@ the model's own layers with keys cached after RoPE (``_RotatedKeyDecoder``). RoP
 from the cache offset, so a left-padded row sees the same relative positions as an unpadded one;
 padded keys are masked out. Tokens are drawn by
 common/sampling.py (keyed Gumbel-max: the same on every CPU, whatever the batch split).
+
+On a CUDA device (TP = 1) each decode step is one CUDA graph replay (``_StaticDecodeStep``):
+eager, a llama32_1b step launches ~800 small kernels from Python and the H200 waited on the host
+(17 ms per step for ~3.6 ms of kernels, docs/device/h200/decode_profile_before/); the graph
+launches them at once. A graph replays fixed shapes, so that step attends over the whole cache
+with the not-yet-written positions masked, and takes its position from a device tensor.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from megatron.core.inference.contexts import StaticInferenceContext
 from megatron.core.models.common.embeddings.rotary_pos_embedding import apply_rotary_pos_emb
 from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
+from common.config import DECODE_MODES
 from common.sampling import sample_tokens
 
 
@@ -115,8 +122,15 @@ def generate(
     top_p: float,
     eos_token_ids: list[int],
     sample_keys: list[int],
+    decode: str = "auto",
 ) -> list[list[int]]:
     """Sample a response for each prompt; returns the response ids (EOS kept, no padding).
+
+    ``decode``: how each decode step runs. "eager": the model's modules called step by step,
+    attending to the cache up to the current position; "static": the same modules with fixed
+    shapes (``_StaticDecodeStep``: the whole cache, later positions masked); "graph": "static"
+    captured once as a CUDA graph and replayed (CUDA, TP = 1); "auto": "graph" where it applies,
+    else "eager". All give the same tokens up to rounding in the attention's sum.
 
     A row stops at its first EOS; the loop stops when every row has or after max_new_tokens.
     With TP > 1 every rank returns the same tokens (logits are gathered, and the tokens of TP
@@ -133,6 +147,7 @@ def generate(
             "generate with a PP=1 copy of the actor"
         )
     device = next(model.parameters()).device
+    decode = decode_mode(decode, device)
     B, N = len(prompts), max_new_tokens
     lengths_B = torch.tensor([len(p) for p in prompts], device=device)
     L = int(lengths_B.max())
@@ -166,7 +181,7 @@ def generate(
             steps = _decode(
                 model, context, ids_UL, torch.tensor(source_B, device=device), columns_S, prefill_mask, decode_mask, out_BN, eos_E,
                 temperature=temperature, top_k=top_k, top_p=top_p,
-                keys_B=torch.tensor(sample_keys, dtype=torch.int64),
+                keys_B=torch.tensor(sample_keys, dtype=torch.int64), decode=decode,
             )
     finally:
         model.train(was_training)
@@ -177,6 +192,17 @@ def generate(
     response_len_B = torch.where(is_eos_BN.any(dim=1), first_eos_B + 1, steps).tolist()
     out_rows = out_BN[:, :steps].tolist()
     return [row[:n] for row, n in zip(out_rows, response_len_B)]
+
+
+def decode_mode(decode: str, device: torch.device) -> str:
+    """The decode mode ``generate`` runs for ``decode`` on ``device`` ("auto": a CUDA graph on CUDA
+    with TP = 1, else eager); a clear error for an unknown mode or a graph where none can run."""
+    graph_ok = device.type == "cuda" and parallel_state.get_tensor_model_parallel_world_size() == 1
+    if decode == "auto":
+        return "graph" if graph_ok else "eager"
+    if decode not in DECODE_MODES or (decode == "graph" and not graph_ok):
+        raise ValueError(f"generate: decode={decode!r}; use one of {', '.join(DECODE_MODES)} ('graph': CUDA, TP = 1 only)")
+    return decode
 
 
 class _RotatedKeyDecoder:
@@ -202,17 +228,28 @@ class _RotatedKeyDecoder:
             self.caches.append((keys, values))
         self.output_weight = gpt.shared_embedding_or_output_weight() if gpt.share_embeddings_and_output_weights else None
 
-    def step(self, tokens_B: torch.Tensor, position: int, mask) -> torch.Tensor:
-        """Logits [B, 1, V] of the next token after ``tokens_B`` placed at ``position``."""
+    def step(self, tokens_B: torch.Tensor, position: int | torch.Tensor, mask) -> torch.Tensor:
+        """Logits [B, 1, V] of the next token after ``tokens_B`` placed at ``position``.
+
+        ``position`` an int: attend to the cache up to it (``mask`` [B, 1, 1, position + 1]); a
+        one-element device tensor: fixed shapes for a CUDA graph, attend to the whole cache
+        (``mask`` [B, 1, 1, cache length] masks the positions after it)."""
         x_1BH = self.gpt.embedding(input_ids=tokens_B[:, None], position_ids=None)
-        freqs = self.freqs[position : position + 1]
+        static = isinstance(position, torch.Tensor)
+        freqs = self.freqs.index_select(0, position) if static else self.freqs[position : position + 1]
         for layer, (keys, values) in zip(self.gpt.decoder.layers, self.caches):
             attention = layer.self_attention
             query, key, value = attention.get_query_key_value_tensors(layer.input_layernorm(x_1BH))
             query = apply_rotary_pos_emb(query, freqs, config=self.config)
-            keys[position : position + 1] = apply_rotary_pos_emb(key, freqs, config=self.config)
-            values[position : position + 1] = value
-            context = attention.core_attention(query, keys[: position + 1], values[: position + 1], mask)
+            key = apply_rotary_pos_emb(key, freqs, config=self.config)
+            if static:
+                keys.index_copy_(0, position, key)
+                values.index_copy_(0, position, value)
+                context = attention.core_attention(query, keys, values, mask)
+            else:
+                keys[position : position + 1] = key
+                values[position : position + 1] = value
+                context = attention.core_attention(query, keys[: position + 1], values[: position + 1], mask)
             x_1BH = residual_add(x_1BH, attention.linear_proj(context))
             x_1BH = residual_add(x_1BH, layer.mlp(layer.pre_mlp_layernorm(x_1BH)))
         x_1BH = self.gpt.decoder.final_layernorm(x_1BH)
@@ -228,9 +265,54 @@ def residual_add(residual, output_with_bias):
     return residual + (output if bias is None else output + bias)
 
 
+class _StaticDecodeStep:
+    """``_RotatedKeyDecoder.step`` with fixed shapes, optionally captured as a CUDA graph.
+
+    Inputs live in fixed buffers (the tokens, the position as a one-element tensor), the mask is
+    computed from them inside the step, and every layer attends to the whole cache; so one capture
+    serves every step of a generation. The cache past the prompts is zeroed first: Megatron
+    allocates it with ``torch.empty``, and a masked position's attention weight is 0, but 0 times
+    a NaN left in that memory is not. Capture follows PyTorch's recipe: one warm-up call on a side
+    stream (cuBLAS/cuDNN plans, allocator), then the capture; the warm-up writes the first decode
+    position, which the first replay writes again before any layer reads it.
+    """
+
+    def __init__(self, decoder: _RotatedKeyDecoder, pad_key_BS: torch.Tensor, first_position: int, graph: bool):
+        self.decoder = decoder
+        self.tokens_B = torch.zeros(pad_key_BS.shape[0], dtype=torch.long, device=pad_key_BS.device)
+        self.position_1 = torch.full((1,), first_position, dtype=torch.long, device=pad_key_BS.device)
+        self.columns_S = torch.arange(pad_key_BS.shape[1], device=pad_key_BS.device)
+        self.pad_key_B11S = pad_key_BS[:, None, None, :]
+        for keys, values in decoder.caches:
+            keys[first_position:].zero_()
+            values[first_position:].zero_()
+        self.graph = None
+        if graph:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._forward()
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.logits_B1V = self._forward()
+
+    def _forward(self) -> torch.Tensor:
+        mask = self.pad_key_B11S | (self.columns_S > self.position_1)
+        return self.decoder.step(self.tokens_B, self.position_1, mask)
+
+    def __call__(self, tokens_B: torch.Tensor, position: int) -> torch.Tensor:
+        self.tokens_B.copy_(tokens_B)
+        self.position_1.fill_(position)
+        if self.graph is None:
+            return self._forward()
+        self.graph.replay()
+        return self.logits_B1V  # read (by the sampler) before the next replay overwrites it: stream order
+
+
 def _decode(
     model, context, ids_UL, source_B, columns_S, prefill_mask, decode_mask, out_BN, eos_E, *,
-    temperature, top_k, top_p, keys_B,
+    temperature, top_k, top_p, keys_B, decode="eager",
 ) -> int:
     """Prefill of the distinct prompts ``ids_UL`` (Megatron's forward), then the decode loop of every
     row (row b continues prompt ``source_B[b]``; ``_RotatedKeyDecoder``) filling out_BN; returns the
@@ -249,6 +331,7 @@ def _decode(
         context.swap_key_value_dict(source_B)  # the cache has exactly B rows
     logits_B1V = logits_U1V.index_select(0, source_B) if U < B else logits_U1V
     decoder = _RotatedKeyDecoder(model, context, L)
+    static = _StaticDecodeStep(decoder, decode_mask[:, 0, 0], L, graph=decode == "graph") if decode != "eager" and N > 1 else None
     steps = N
     for t in range(N):
         next_B = sample_tokens(
@@ -269,5 +352,8 @@ def _decode(
         if t == N - 1 or bool(finished_B.all()):
             steps = t + 1
             break
-        logits_B1V = decoder.step(next_B, L + t, decode_mask[..., : L + t + 1])
+        if static is not None:
+            logits_B1V = static(next_B, L + t)
+        else:
+            logits_B1V = decoder.step(next_B, L + t, decode_mask[..., : L + t + 1])
     return steps

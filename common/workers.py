@@ -137,6 +137,7 @@ class RoleWorker:
                 top_p=a.top_p,
                 eos_token_ids=eos_ids,
                 sample_keys=[key for _, key in rows],
+                decode=a.decode,
             )
         )
         return [[next(out) for _ in keys] for _, keys in requests]

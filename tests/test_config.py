@@ -44,6 +44,8 @@ def test_unknown_key_names_nearest_valid_keys(override, fragment):
         (["actor_rollout_ref.actor_rollout.max_prompt_length=96"], "must be < training.seq_length"),
         (["actor_rollout_ref.actor_rollout.temperature=0"], "temperature=0"),
         (["actor_rollout_ref.actor_rollout.top_p=1.5"], "top_p"),
+        (["actor_rollout_ref.actor_rollout.decode=fast"], "decode='fast': use one of auto, eager, static, graph"),
+        (["actor_rollout_ref.actor_rollout.decode=graph"], "decode=graph needs CUDA"),
         (["training.global_batch_size=6"], "ppo_mini_batch_size"),
         (["actor_rollout_ref.actor_rollout.ppo_mini_batch_size=4"], "micro_batch_size"),
         (["actor_rollout_ref.actor_rollout.n_samples_per_prompt=1"], "at least 2"),

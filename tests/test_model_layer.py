@@ -374,6 +374,28 @@ def test_greedy_kv_cache_equals_full_forward(policy, tied):
     assert "forward" not in vars(policy.output_layer)  # and the output layer's own forward
 
 
+@pytest.mark.parametrize("top_k", [1, 0])  # greedy, and the recipes' unfiltered sampling
+def test_static_decode_step_gives_the_eager_tokens(policy, top_k, monkeypatch):
+    """The fixed-shape decode step (what a CUDA graph replays) attends to the whole cache with the
+    unwritten positions masked: same tokens as the eager step, even when the cache memory
+    Megatron allocates (torch.empty) holds NaN, as fresh device memory can."""
+    from megatron.core.transformer.attention import Attention
+
+    from common.generation import generate
+
+    allocate = Attention._allocate_memory
+    monkeypatch.setattr(Attention, "_allocate_memory", lambda self, *a, **k: allocate(self, *a, **k).fill_(float("nan")))
+    _, _, prompts = _batch()  # of different lengths: left-padded
+    prompts = [p for p in prompts for _ in range(2)]  # two samples per prompt: the shared prefill
+    kw = dict(max_new_tokens=10, temperature=1.0, top_k=top_k, top_p=1.0, eos_token_ids=[VOCAB + 5], sample_keys=_keys(len(prompts), 3))
+    eager = generate(policy, prompts, decode="eager", **kw)
+    assert generate(policy, prompts, decode="static", **kw) == eager
+    assert generate(policy, prompts, **kw) == eager  # "auto" on CPU: eager
+    for decode in ("graph", "compiled"):  # a graph needs CUDA; an unknown name is refused
+        with pytest.raises(ValueError, match="decode="):
+            generate(policy, prompts, decode=decode, **kw)
+
+
 @pytest.mark.parametrize("read_copy", [False, True])  # W_VH as it is, or its [H, V] copy
 @pytest.mark.parametrize("rows", [4, 16])
 def test_generation_output_layer_gives_the_models_logits(policy, rows, read_copy, monkeypatch):

@@ -1,0 +1,144 @@
+"""Where a decode step's time goes: common.generation.generate on one device, timed and profiled.
+
+    .venv/bin/python bench/decode_profile.py --device cpu --scale toy --out /tmp/decode_profile   # here
+    RUNS=profile bash bench/device_check.sh        # on the GPU machine (the wheels as for the device check)
+
+The device check's generation workload (the recipe's actor, random weights, --prompts prompts x
+n_samples_per_prompt rows, the recipe's sampling), generated several ways, each after a warm-up:
+  sampled          as the recipes sample (keyed Gumbel-max, common/sampling.py), decode "auto"
+                   (a CUDA graph per generation on CUDA)
+  sampled_eager    the same with eager decode steps (the model's modules called from Python)
+  greedy, greedy_eager   top_k=1: the decode steps with an argmax for a sampler
+  sampled_threads  sampled with as many torch threads as cores (Device.setup_worker sets one on
+                   an accelerator: the sampler's small CPU side)
+whether each pair gives the same tokens, and a torch.profiler trace of a few sampled steps (CPU and,
+on an accelerator, device activity):
+the ops that take the most host and device time, how many kernels a step launches and how often
+the host waits for the device. Writes summary.json, the tables (profile.txt) and the trace to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from common.arch import LlamaArch  # noqa: E402
+from common.config import load_config, max_new_tokens  # noqa: E402
+from common.device import resolve_device  # noqa: E402
+from device_check import PROMPT_ID_RANGE, TOY_OVERRIDES, free_port  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "npu"))
+    p.add_argument("--scale", default="full", choices=("full", "toy"))
+    p.add_argument("--recipe", default="llama32_1b")
+    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--steps", type=int, default=64, help="new tokens per timed generation")
+    p.add_argument("--profile-steps", type=int, default=12)
+    p.add_argument("--out", required=True, help="output folder")
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    recipe_dir = ROOT / "recipes" / args.recipe
+    toy = args.scale == "toy"
+    overrides = [f"training.device={args.device}"] + (TOY_OVERRIDES if toy else [])
+    cfg = load_config(recipe_dir / "config.yaml", overrides, recipe_dir / "cpu_scale.yaml" if toy else None)
+    t, a = cfg.training, cfg.actor_rollout_ref.actor_rollout
+    arch = LlamaArch(**OmegaConf.to_container(cfg.model))
+    device = resolve_device(t.device)
+    for key, value in device.worker_env().items():
+        os.environ.setdefault(key, value)
+    threads = os.cpu_count() or 1
+    device.setup_worker(threads)
+    dtype = device.compute_dtype(t.dtype)
+
+    from common import parallel
+    from common.generation import decode_mode, generate
+    from common.model import build_policy
+    from common.sampling import sample_key
+
+    parallel.init_model_parallel(
+        rank=0, world_size=1, master_addr="127.0.0.1", master_port=free_port(), device=device,
+        tensor_model_parallel_size=1, pipeline_model_parallel_size=1, seed=t.seed,
+    )  # fmt: skip
+    actor = build_policy(arch, dtype=dtype, seed=t.seed, device=device.torch_device())
+    n = a.n_samples_per_prompt
+    g = torch.Generator().manual_seed(t.seed)
+    low = max(1, a.max_prompt_length // 2) if not toy else 8
+    lengths = torch.randint(low, a.max_prompt_length + 1, (args.prompts,), generator=g).tolist()
+    prompts = [torch.randint(0, min(PROMPT_ID_RANGE, arch.vocab_size - 1), (k,), generator=g).tolist() for k in lengths]
+    rows = [q for q in prompts for _ in range(n)]
+    keys = [sample_key(t.seed, 1, i, j) for i in range(args.prompts) for j in range(n)]
+    stop = [arch.vocab_size + 7]  # an id never drawn: every row runs every step
+    sampled = dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, eos_token_ids=stop, sample_keys=keys)
+    steps = min(args.steps, max_new_tokens(cfg))
+
+    tokens = {}
+
+    def timed(name: str, **kw) -> float:
+        generate(actor, rows, max_new_tokens=4, **{**sampled, **kw})  # warm-up
+        device.synchronize()
+        start = time.perf_counter()
+        tokens[name] = generate(actor, rows, max_new_tokens=steps, **{**sampled, **kw})
+        device.synchronize()
+        ms = (time.perf_counter() - start) / steps * 1e3
+        print(f"[decode_profile] {name:15s} {ms:8.2f} ms/step ({len(rows)} rows, {steps} steps)", flush=True)
+        return ms
+
+    summary = {"device": device.name(), "dtype": t.dtype, "rows": len(rows), "steps": steps, "prompt_lengths": lengths,
+               "decode": decode_mode("auto", device.torch_device()), "torch_threads": torch.get_num_threads()}
+    summary["ms_per_step"] = {
+        "sampled": timed("sampled"), "sampled_eager": timed("sampled_eager", decode="eager"),
+        "greedy": timed("greedy", top_k=1), "greedy_eager": timed("greedy_eager", top_k=1, decode="eager"),
+    }  # fmt: skip
+    host_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    summary["ms_per_step"]["sampled_threads"] = timed("sampled_threads")
+    torch.set_num_threads(host_threads)
+    # rows whose tokens equal the eager decode's (rounding in the attention sum may flip a near tie)
+    summary["rows_equal_eager"] = {
+        "sampled": sum(x == y for x, y in zip(tokens["sampled"], tokens["sampled_eager"])),
+        "greedy": sum(x == y for x, y in zip(tokens["greedy"], tokens["greedy_eager"])),
+    }
+
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.kind == "cuda" else [])
+    with profile(activities=activities) as prof:
+        generate(actor, rows, max_new_tokens=args.profile_steps, **sampled)
+        device.synchronize()
+    averages = prof.key_averages()
+    per_step = args.profile_steps
+    device_events = [e for e in prof.events() if getattr(e, "device_type", None) is not None and str(e.device_type).endswith("CUDA")]
+    summary["kernels_per_step"] = round(len(device_events) / per_step, 1)
+    summary["aten_calls_per_step"] = round(sum(e.count for e in averages if e.key.startswith("aten::")) / per_step, 1)
+    summary["host_waits_per_step"] = {
+        e.key: round(e.count / per_step, 2) for e in averages if e.key in ("cudaStreamSynchronize", "cudaMemcpyAsync", "cudaDeviceSynchronize", "aten::item", "aten::_local_scalar_dense")
+    }
+    tables = [averages.table(sort_by="self_cpu_time_total", row_limit=40)]
+    if device.kind == "cuda":
+        tables.append(averages.table(sort_by="self_device_time_total", row_limit=30))
+    (out / "profile.txt").write_text("\n\n".join(tables) + "\n")
+    prof.export_chrome_trace(str(out / "decode_trace.json"))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print("\n\n".join(tables))
+    print(json.dumps(summary, indent=2))
+    parallel.destroy_model_parallel()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
