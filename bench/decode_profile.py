@@ -8,11 +8,11 @@ n_samples_per_prompt rows, the recipe's sampling), generated several ways, each 
   sampled          as the recipes sample (keyed Gumbel-max, common/sampling.py), decode "auto"
                    (a CUDA graph per generation on CUDA)
   sampled_eager    the same with eager decode steps (the model's modules called from Python)
+  sampled_eager_again    once more: on CUDA the first eager generation also pays cuDNN's plan
+                   for each new attention key length, the second finds them built
   greedy, greedy_eager   top_k=1: the decode steps with an argmax for a sampler
-  sampled_threads  sampled with as many torch threads as cores (Device.setup_worker sets one on
-                   an accelerator: the sampler's small CPU side)
-whether each pair gives the same tokens, and a torch.profiler trace of a few sampled steps (CPU and,
-on an accelerator, device activity):
+whether the graph and the eager decode give the same tokens, and a torch.profiler trace of a few
+sampled steps (CPU and, on an accelerator, device activity):
 the ops that take the most host and device time, how many kernels a step launches and how often
 the host waits for the device. Writes summary.json, the tables (profile.txt) and the trace to --out.
 """
@@ -61,8 +61,7 @@ def main() -> int:
     device = resolve_device(t.device)
     for key, value in device.worker_env().items():
         os.environ.setdefault(key, value)
-    threads = os.cpu_count() or 1
-    device.setup_worker(threads)
+    device.setup_worker(os.cpu_count() or 1)
     dtype = device.compute_dtype(t.dtype)
 
     from common import parallel
@@ -102,12 +101,9 @@ def main() -> int:
                "decode": decode_mode("auto", device.torch_device()), "torch_threads": torch.get_num_threads()}
     summary["ms_per_step"] = {
         "sampled": timed("sampled"), "sampled_eager": timed("sampled_eager", decode="eager"),
+        "sampled_eager_again": timed("sampled_eager_again", decode="eager"),
         "greedy": timed("greedy", top_k=1), "greedy_eager": timed("greedy_eager", top_k=1, decode="eager"),
     }  # fmt: skip
-    host_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    summary["ms_per_step"]["sampled_threads"] = timed("sampled_threads")
-    torch.set_num_threads(host_threads)
     # rows whose tokens equal the eager decode's (rounding in the attention sum may flip a near tie)
     summary["rows_equal_eager"] = {
         "sampled": sum(x == y for x, y in zip(tokens["sampled"], tokens["sampled_eager"])),

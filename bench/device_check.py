@@ -140,6 +140,8 @@ def param_bytes(model) -> int:
 
 
 def git_commit() -> dict:
+    if os.environ.get("ODPO_GIT_COMMIT"):  # given by the caller: the device tool's copy of the tree
+        return {"commit": os.environ["ODPO_GIT_COMMIT"], "dirty": None}  # has a .git of another commit
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
         dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip())

@@ -41,7 +41,6 @@ import torch
 _KINDS = ("auto", "cpu", "cuda", "npu")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 NPU_NOSET_ENV = "RAY_EXPERIMENTAL_NOSET_ASCEND_RT_VISIBLE_DEVICES"
-ACCELERATOR_HOST_THREADS = 1  # torch threads of a process that computes on an accelerator (Device.setup_worker)
 
 # Dense bf16 peak FLOP/s per device, for model FLOP utilisation (MFU). First match of the device
 # name wins, so more specific names come first.
@@ -148,11 +147,7 @@ class Device:
 
         On CPU this also applies the Megatron-core CPU patches, so every worker that builds a
         Megatron model has them before its first forward, and keeps freed memory for reuse
-        (`keep_freed_memory`). On an accelerator the host runs one torch thread (as torchrun
-        sets it): its CPU work is small tensors (the sampler's noise, ~16 x 1k values per decode
-        step), where waking a thread pool costs more than the work. Measured on an H200 machine
-        with 16 cores, llama32_1b decode: 74 ms per step with 16 threads, 19.5 ms with one
-        (docs/device/h200/decode_profile_before/).
+        (`keep_freed_memory`).
         """
         if self.kind == "cpu":
             if num_threads < 1:
@@ -172,7 +167,6 @@ class Device:
         # CUDA: Ray (and torchrun) expose exactly the devices granted to this process; use the
         # first. NPU inside Ray: every NPU is visible, take the one Ray granted (the original's way).
         module.set_device(_ray_npu_index() if self.kind == "npu" else 0)
-        torch.set_num_threads(ACCELERATOR_HOST_THREADS)
 
     def synchronize(self) -> None:
         """Wait for queued device work (for timing); a no-op on CPU."""

@@ -7,11 +7,13 @@ from the cache offset, so a left-padded row sees the same relative positions as 
 padded keys are masked out. Tokens are drawn by
 common/sampling.py (keyed Gumbel-max: the same on every CPU, whatever the batch split).
 
-On a CUDA device (TP = 1) each decode step is one CUDA graph replay (``_StaticDecodeStep``):
-eager, a llama32_1b step launches ~800 small kernels from Python and the H200 waited on the host
-(17 ms per step for ~3.6 ms of kernels, docs/device/h200/decode_profile_before/); the graph
-launches them at once. A graph replays fixed shapes, so that step attends over the whole cache
-with the not-yet-written positions masked, and takes its position from a device tensor.
+On a CUDA device (TP = 1) each decode step is one CUDA graph replay (``_StaticDecodeStep``).
+Eager, a llama32_1b step launches ~800 small kernels from Python, and an H200 waited on the host:
+17 ms per step for ~4 ms of kernels, and 74-79 ms per step through a first generation, where
+cuDNN's attention also built a plan for every new key length (docs/device/h200/). One graph
+replays the whole step (6.8 ms sampled, 3.4 ms greedy). A graph replays fixed shapes, so that step
+attends over the whole cache with the not-yet-written positions masked, and takes its position
+from a device tensor.
 """
 
 from __future__ import annotations

@@ -233,7 +233,8 @@ def measured_note(m: dict) -> str:
     return (f"Measured by `bench/device_check.py` (`{m['path']}`): {d['name']}, "
             f"{w['dtype']}, {w['prompts']} prompts x {w['samples_per_prompt']} samples (the generating role's rows and "
             f"prefill logits scale with the prompts per rank), micro-batches of {2 * w['micro_batch_pairs']} sequences, "
-            f"fusions {w['fusions'] or 'none'}, commit {m['git']['commit'] or 'unknown'}. Each role's peak is the allocator's "
+            f"fusions {w['fusions'] or 'none'}, commit {m['git']['commit'] or 'unknown'}"
+            f"{' with uncommitted changes' if m['git'].get('dirty') else ''}. Each role's peak is the allocator's "
             "peak during that role's phase minus the other models' weights (all roles ran on one device); the runtime's own "
             "context and fragmentation are not in it (the reserved peak of each phase is in the JSON).\n")
 
