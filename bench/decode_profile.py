@@ -11,7 +11,8 @@ n_samples_per_prompt rows, the recipe's sampling), generated several ways, each 
   sampled_eager_again    once more: on CUDA the first eager generation also pays cuDNN's plan
                    for each new attention key length, the second finds them built
   greedy, greedy_eager   top_k=1: the decode steps with an argmax for a sampler
-whether the graph and the eager decode give the same tokens, and a torch.profiler trace of a few
+whether the graph and the eager decode give the same tokens (also greedy in fp32, where the
+recipe's dtype is bf16), and a torch.profiler trace of a few
 sampled steps (CPU and, on an accelerator, device activity):
 the ops that take the most host and device time, how many kernels a step launches and how often
 the host waits for the device. Writes summary.json, the tables (profile.txt) and the trace to --out.
@@ -109,6 +110,14 @@ def main() -> int:
         "sampled": sum(x == y for x, y in zip(tokens["sampled"], tokens["sampled_eager"])),
         "greedy": sum(x == y for x, y in zip(tokens["greedy"], tokens["greedy_eager"])),
     }
+    # greedy again on the same weights in fp32, whose logits have no bf16 near-ties: every row should agree
+    fp32_actor = build_policy(arch, dtype=torch.float32, seed=t.seed, device=device.torch_device())
+    greedy = {**sampled, "top_k": 1, "max_new_tokens": steps}
+    summary["rows_equal_eager"]["greedy_fp32"] = sum(
+        x == y for x, y in zip(generate(fp32_actor, rows, **greedy), generate(fp32_actor, rows, **greedy, decode="eager"))
+    )
+    del fp32_actor
+    print(f"[decode_profile] rows equal to eager decode's: {summary['rows_equal_eager']} of {len(rows)}", flush=True)
 
     from torch.profiler import ProfilerActivity, profile
 

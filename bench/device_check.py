@@ -23,6 +23,9 @@ architecture, dtype, micro-batch sizes, sampling, optimizer and DPO settings. We
               ActorWorker builds it
   train       one DPO step (common.optimizer.train_step): the step-1 loss must be ln 2; in bf16
               or fp16 every weight must then equal its fp32 main parameter rounded to that dtype
+  train2      a second DPO step on the same pairs: a warm step's time, and the steady-state peak
+              memory (forward and backward with Adam's moments allocated, which the first step's
+              backward ran without)
   after       the DPO loss again (forward only): must be finite
   checkpoint  save the actor (common.convert.save_checkpoint, the project's format), load it into
               the reference model (load_checkpoint_into_model): every weight must equal the actor's
@@ -290,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     train_fwd = batch_forward_flops(arch, n_policy, train_batches)
     grad_norm, stats = phases.run("train", lambda: train_step(model, optimizer, scheduler, train_batches, loss_fn), lambda _: 3 * train_fwd)
     loss_step1 = dpo_loss(stats)
+    # a second step: the first one's forward and backward ran before Adam's moments existed (the
+    # optimizer allocates them in its first step), so only from step 2 on does the backward's peak
+    # hold the whole optimizer state, as every later step of a run does; and its time is a warm step's
+    grad_norm2, _ = phases.run("train2", lambda: train_step(model, optimizer, scheduler, train_batches, loss_fn), lambda _: 3 * train_fwd)
 
     def forward_loss():
         with torch.no_grad():
@@ -329,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         "repeat_forward": {"max_abs_diff": repeat_diff, "tolerance": repeat_tol, "ok": repeat_diff <= repeat_tol},
         "loss_after_step_finite": {"value": loss_after, "ok": math.isfinite(loss_after)},
         # None: the fp16 optimizer skipped the step (its gradients overflowed at the first loss scale)
-        "grad_norm_finite": {"value": grad_norm, "ok": grad_norm is not None and math.isfinite(grad_norm) and grad_norm > 0},
+        "grad_norm_finite": {"value": grad_norm, "ok": grad_norm is not None and math.isfinite(grad_norm) and grad_norm > 0,
+                             "step2": grad_norm2},  # step 2 not checked: fp16 may skip it (an overflow), by design
         "checkpoint_roundtrip": {"bytes": ckpt_bytes, "ok": roundtrip},
     }  # fmt: skip
     if dtype != torch.float32:  # half-precision weights train through fp32 main copies
@@ -407,7 +415,7 @@ def role_memory(rows: dict, weights: dict) -> dict | None:
     if rows["build"]["memory"].get("max_allocated") is None:
         return None
     others = lambda *names: sum(weights[n] for n in names)  # noqa: E731
-    train_peak = max(rows["optimizer"]["memory"]["max_allocated"], rows["train"]["memory"]["max_allocated"])
+    train_peak = max(rows[name]["memory"]["max_allocated"] for name in ("optimizer", "train", "train2"))
     return {
         "actor_rollout": train_peak - others("ref", "reward"),
         "rollout": rows["generate"]["memory"]["max_allocated"] - others("ref", "reward"),

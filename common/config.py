@@ -65,7 +65,7 @@ class ActorRolloutConfig:
     temperature: float = 0.7
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1.0 = off
-    # decode steps: auto (a CUDA graph per generation on CUDA with TP 1, else eager) | eager | static | graph
+    # decode steps: auto (a CUDA graph per generation on CUDA with TP 1, eager on CPU, else static) | eager | static | graph
     decode: str = "auto"
     missing_eos_penalty: Optional[float] = None
     no_shuffle: bool = True

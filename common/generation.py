@@ -7,7 +7,8 @@ from the cache offset, so a left-padded row sees the same relative positions as 
 padded keys are masked out. Tokens are drawn by
 common/sampling.py (keyed Gumbel-max: the same on every CPU, whatever the batch split).
 
-On a CUDA device (TP = 1) each decode step is one CUDA graph replay (``_StaticDecodeStep``).
+On a CUDA device (TP = 1) each decode step is one CUDA graph replay (``_StaticDecodeStep``; other
+accelerators run the same fixed-shape step without a graph).
 Eager, a llama32_1b step launches ~800 small kernels from Python, and an H200 waited on the host:
 17 ms per step for ~4 ms of kernels, and 74-79 ms per step through a first generation, where
 cuDNN's attention also built a plan for every new key length (docs/device/h200/). One graph
@@ -132,7 +133,8 @@ def generate(
     attending to the cache up to the current position; "static": the same modules with fixed
     shapes (``_StaticDecodeStep``: the whole cache, later positions masked); "graph": "static"
     captured once as a CUDA graph and replayed (CUDA, TP = 1); "auto": "graph" where it applies,
-    else "eager". All give the same tokens up to rounding in the attention's sum.
+    "eager" on CPU, else "static" (``decode_mode``). All give the same tokens up to rounding in the
+    attention's sum.
 
     A row stops at its first EOS; the loop stops when every row has or after max_new_tokens.
     With TP > 1 every rank returns the same tokens (logits are gathered, and the tokens of TP
@@ -197,11 +199,14 @@ def generate(
 
 
 def decode_mode(decode: str, device: torch.device) -> str:
-    """The decode mode ``generate`` runs for ``decode`` on ``device`` ("auto": a CUDA graph on CUDA
-    with TP = 1, else eager); a clear error for an unknown mode or a graph where none can run."""
+    """The decode mode ``generate`` runs for ``decode`` on ``device``; a clear error for an unknown
+    mode or a graph where none can run. "auto": a CUDA graph on CUDA with TP = 1; fixed shapes on
+    other accelerators (CUDA with TP > 1, NPU: an accelerator's libraries prepare kernels per shape,
+    and eager steps bring a new key length every step; on an H200 cuDNN's attention plans made a first
+    eager generation 3.8x slower than a second); eager on CPU, whose runs the recorded curves hold."""
     graph_ok = device.type == "cuda" and parallel_state.get_tensor_model_parallel_world_size() == 1
     if decode == "auto":
-        return "graph" if graph_ok else "eager"
+        return "graph" if graph_ok else "eager" if device.type == "cpu" else "static"
     if decode not in DECODE_MODES or (decode == "graph" and not graph_ok):
         raise ValueError(f"generate: decode={decode!r}; use one of {', '.join(DECODE_MODES)} ('graph': CUDA, TP = 1 only)")
     return decode

@@ -39,7 +39,7 @@ def test_device_check_toy_cpu(fp32_report):
     assert r["generation"]["generated_tokens"] > 0 and r["generation"]["tokens_per_s"] > 0
     # the workers' reward path (each prompt once, last layer at the score positions) = the full forward
     assert r["checks"]["reward_shared_equals_full"]["max_abs_diff"] <= 1e-4
-    for phase in ("build", "generate", "reward", "reward_full", "reference", "reference2", "optimizer", "train", "after", "save", "load"):
+    for phase in ("build", "generate", "reward", "reward_full", "reference", "reference2", "optimizer", "train", "train2", "after", "save", "load"):
         assert r["phases"][phase]["seconds"] >= 0
     assert r["phases"]["train"]["mfu"] > 0  # against a measured fp32 matmul peak (noisy on a shared CPU: no upper bound)
     assert r["peak_memory"] > 0
@@ -71,23 +71,31 @@ def test_device_check_half_precision_on_cpu(tmp_path, fp32_report, dtype):
 
 def test_recipe_budget_takes_a_measured_report(tmp_path, capsys):
     """The budget's "measured by device_check" column: empty without a report, filled from a
-    full-scale report's per-role bytes (a hand-made report here: none has been recorded), and a
-    toy-scale report is refused."""
+    full-scale report's per-role bytes (the H200 run recorded in docs/device/, and a hand-made
+    report with a second DPO step), and a toy-scale report is refused."""
     from tools import recipe_budget
 
     recipe_budget.main(["llama32_1b"])
     assert "| actor_rollout | 31.92 GiB | 50% | 40% | not measured yet |" in capsys.readouterr().out
+    recorded = ROOT / "docs" / "device" / "h200" / "device_check.json"
+    actor = json.loads(recorded.read_text())["memory_per_role"]["actor_rollout"]
+    recipe_budget.main(["llama32_1b", "--measured", str(recorded)])
+    out = capsys.readouterr().out
+    assert f"| actor_rollout | 31.92 GiB | 50% | 40% | {actor / 2**30:.2f} GiB |" in out and "NVIDIA H200" in out
+    assert "ran one DPO step only" in out  # that run had no train2 phase
     report = {
         "tool": "bench/device_check.py", "git": {"commit": "abc"}, "device": {"kind": "cuda", "name": "stand-in GPU"},
         "workload": {"recipe": "llama32_1b", "scale": "full", "dtype": "bf16", "prompts": 8, "samples_per_prompt": 2,
                      "micro_batch_pairs": 4, "fusions": {}},
         "memory_per_role": {"actor_rollout": 30 * 2**30, "rollout": 3 * 2**30, "ref": 5 * 2**30, "reward": 3 * 2**30},
+        "phases": {"train": {}, "train2": {}},
     }  # fmt: skip
     path = tmp_path / "measured.json"
     path.write_text(json.dumps(report))
     recipe_budget.main(["llama32_1b", "--measured", str(path)])
     out = capsys.readouterr().out
     assert "| actor_rollout | 31.92 GiB | 50% | 40% | 30.00 GiB |" in out and "stand-in GPU" in out
+    assert "ran one DPO step only" not in out
     report["workload"]["scale"] = "toy"
     path.write_text(json.dumps(report))
     with pytest.raises(SystemExit, match="toy-scale"):

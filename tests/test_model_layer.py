@@ -81,6 +81,7 @@ def scenario() -> dict:
     keys = _keys(len(prompts), 5)
     out["greedy"] = generate(policy, prompts, temperature=1.0, top_k=1, sample_keys=keys, **gen)
     out["sampled"] = generate(policy, prompts, temperature=0.9, top_k=0, sample_keys=keys, **gen)
+    out["sampled_static"] = generate(policy, prompts, temperature=0.9, top_k=0, sample_keys=keys, decode="static", **gen)
     out["layer0"] = {
         name: p.detach().clone()
         for name, p in policy.named_parameters()
@@ -549,6 +550,7 @@ def test_tp2_equals_tp1(tp1, tp2):
         torch.testing.assert_close(out["hf_logits"], tp1["hf_logits"], atol=1e-5, rtol=0)
         assert out["greedy"] == tp1["greedy"], rank
         assert out["sampled"] == tp1["sampled"], rank
+        assert out["sampled_static"] == tp1["sampled_static"] == tp1["sampled"], rank  # what TP > 1 decodes on a device
 
 
 @pytest.mark.slow

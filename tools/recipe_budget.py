@@ -236,7 +236,12 @@ def measured_note(m: dict) -> str:
             f"fusions {w['fusions'] or 'none'}, commit {m['git']['commit'] or 'unknown'}"
             f"{' with uncommitted changes' if m['git'].get('dirty') else ''}. Each role's peak is the allocator's "
             "peak during that role's phase minus the other models' weights (all roles ran on one device); the runtime's own "
-            "context and fragmentation are not in it (the reserved peak of each phase is in the JSON).\n")
+            "context and fragmentation are not in it (the reserved peak of each phase is in the JSON)."
+            + ("" if "train2" in m["phases"] else
+               " This report ran one DPO step only, whose forward and backward came before the optimizer allocated Adam's "
+               "moments: the actor's figure lacks the activations that every later step holds on top of them (reports "
+               "with a second step, `train2`, have them).")
+            + "\n")
 
 
 def memory(cfg: DictConfig, a: Arch, measured: dict | None = None) -> str:
