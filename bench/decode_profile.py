@@ -1,12 +1,12 @@
 """Where a decode step's time goes: common.generation.generate on one device, timed and profiled.
 
-    .venv/bin/python bench/decode_profile.py --device cpu --scale toy --out /tmp/decode_profile   # here
+    .venv/bin/python bench/decode_profile.py --device cpu --scale toy --decode static --out /tmp/decode_profile   # here (a test runs it)
     RUNS=profile bash bench/device_check.sh        # on the GPU machine (the wheels as for the device check)
 
 The device check's generation workload (the recipe's actor, random weights, --prompts prompts x
 n_samples_per_prompt rows, the recipe's sampling), generated several ways, each after a warm-up:
-  sampled          as the recipes sample (keyed Gumbel-max, common/sampling.py), decode "auto"
-                   (a CUDA graph per generation on CUDA)
+  sampled          as the recipes sample (keyed Gumbel-max, common/sampling.py), decode --decode
+                   ("auto": a CUDA graph per generation on CUDA)
   sampled_eager    the same with eager decode steps (the model's modules called from Python)
   sampled_eager_again    once more: on CUDA the first eager generation also pays cuDNN's plan
                    for each new attention key length, the second finds them built
@@ -48,6 +48,7 @@ def main() -> int:
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--steps", type=int, default=64, help="new tokens per timed generation")
     p.add_argument("--profile-steps", type=int, default=12)
+    p.add_argument("--decode", default="auto", help="the decode mode compared with eager (auto: a CUDA graph on CUDA; static on CPU for a test)")
     p.add_argument("--out", required=True, help="output folder")
     args = p.parse_args()
     out = Path(args.out)
@@ -83,7 +84,7 @@ def main() -> int:
     rows = [q for q in prompts for _ in range(n)]
     keys = [sample_key(t.seed, 1, i, j) for i in range(args.prompts) for j in range(n)]
     stop = [arch.vocab_size + 7]  # an id never drawn: every row runs every step
-    sampled = dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, eos_token_ids=stop, sample_keys=keys)
+    sampled = dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, eos_token_ids=stop, sample_keys=keys, decode=args.decode)
     steps = min(args.steps, max_new_tokens(cfg))
 
     tokens = {}
@@ -99,7 +100,7 @@ def main() -> int:
         return ms
 
     summary = {"device": device.name(), "dtype": t.dtype, "rows": len(rows), "steps": steps, "prompt_lengths": lengths,
-               "decode": decode_mode("auto", device.torch_device()), "torch_threads": torch.get_num_threads()}
+               "decode": decode_mode(args.decode, device.torch_device()), "torch_threads": torch.get_num_threads()}
     summary["ms_per_step"] = {
         "sampled": timed("sampled"), "sampled_eager": timed("sampled_eager", decode="eager"),
         "sampled_eager_again": timed("sampled_eager_again", decode="eager"),
@@ -114,7 +115,7 @@ def main() -> int:
     fp32_actor = build_policy(arch, dtype=torch.float32, seed=t.seed, device=device.torch_device())
     greedy = {**sampled, "top_k": 1, "max_new_tokens": steps}
     summary["rows_equal_eager"]["greedy_fp32"] = sum(
-        x == y for x, y in zip(generate(fp32_actor, rows, **greedy), generate(fp32_actor, rows, **greedy, decode="eager"))
+        x == y for x, y in zip(generate(fp32_actor, rows, **greedy), generate(fp32_actor, rows, **{**greedy, "decode": "eager"}))
     )
     del fp32_actor
     print(f"[decode_profile] rows equal to eager decode's: {summary['rows_equal_eager']} of {len(rows)}", flush=True)

@@ -100,3 +100,19 @@ def test_recipe_budget_takes_a_measured_report(tmp_path, capsys):
     path.write_text(json.dumps(report))
     with pytest.raises(SystemExit, match="toy-scale"):
         recipe_budget.main(["llama32_1b", "--measured", str(path)])
+
+
+def test_decode_profile_compares_the_fixed_shape_decode_with_eager(tmp_path):
+    """bench/decode_profile.py on CPU at toy scale, the fixed-shape decode (what a CUDA graph
+    replays) against eager: times for every variant, and the same tokens in every row."""
+    subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "decode_profile.py"), "--device", "cpu", "--scale", "toy", "--decode", "static",
+         "--profile-steps", "2", "--out", str(tmp_path)],
+        check=True, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["decode"] == "static" and summary["rows"] == 16
+    assert set(summary["ms_per_step"]) == {"sampled", "sampled_eager", "sampled_eager_again", "greedy", "greedy_eager"}
+    assert all(ms > 0 for ms in summary["ms_per_step"].values())
+    assert summary["rows_equal_eager"] == {"sampled": 16, "greedy": 16, "greedy_fp32": 16}
+    assert (tmp_path / "profile.txt").stat().st_size > 0
