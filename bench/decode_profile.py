@@ -35,9 +35,8 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from common.arch import LlamaArch  # noqa: E402
-from common.config import load_config, max_new_tokens  # noqa: E402
-from common.device import resolve_device  # noqa: E402
-from device_check import PROMPT_ID_RANGE, TOY_OVERRIDES, free_port  # noqa: E402
+from common.config import max_new_tokens  # noqa: E402
+from device_check import generation_rows, recipe_config, start_device  # noqa: E402
 
 
 def main() -> int:
@@ -54,35 +53,17 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    recipe_dir = ROOT / "recipes" / args.recipe
-    toy = args.scale == "toy"
-    overrides = [f"training.device={args.device}"] + (TOY_OVERRIDES if toy else [])
-    cfg = load_config(recipe_dir / "config.yaml", overrides, recipe_dir / "cpu_scale.yaml" if toy else None)
+    cfg = recipe_config(args.recipe, args.scale, args.device)
     t, a = cfg.training, cfg.actor_rollout_ref.actor_rollout
     arch = LlamaArch(**OmegaConf.to_container(cfg.model))
-    device = resolve_device(t.device)
-    for key, value in device.worker_env().items():
-        os.environ.setdefault(key, value)
-    device.setup_worker(os.cpu_count() or 1)
-    dtype = device.compute_dtype(t.dtype)
+    device, dtype = start_device(cfg, os.cpu_count() or 1)
 
     from common import parallel
     from common.generation import decode_mode, generate
     from common.model import build_policy
-    from common.sampling import sample_key
 
-    parallel.init_model_parallel(
-        rank=0, world_size=1, master_addr="127.0.0.1", master_port=free_port(), device=device,
-        tensor_model_parallel_size=1, pipeline_model_parallel_size=1, seed=t.seed,
-    )  # fmt: skip
     actor = build_policy(arch, dtype=dtype, seed=t.seed, device=device.torch_device())
-    n = a.n_samples_per_prompt
-    g = torch.Generator().manual_seed(t.seed)
-    low = max(1, a.max_prompt_length // 2) if not toy else 8
-    lengths = torch.randint(low, a.max_prompt_length + 1, (args.prompts,), generator=g).tolist()
-    prompts = [torch.randint(0, min(PROMPT_ID_RANGE, arch.vocab_size - 1), (k,), generator=g).tolist() for k in lengths]
-    rows = [q for q in prompts for _ in range(n)]
-    keys = [sample_key(t.seed, 1, i, j) for i in range(args.prompts) for j in range(n)]
+    lengths, _, rows, keys = generation_rows(cfg, arch.vocab_size, args.prompts, args.scale == "toy")
     stop = [arch.vocab_size + 7]  # an id never drawn: every row runs every step
     sampled = dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, eos_token_ids=stop, sample_keys=keys, decode=args.decode)
     steps = min(args.steps, max_new_tokens(cfg))

@@ -159,23 +159,59 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def recipe_config(recipe: str, scale: str, device: str, overrides=()):
+    """The recipe's config as a run reads it; at toy scale merged with its cpu_scale overlay and shortened."""
+    recipe_dir = ROOT / "recipes" / recipe
+    toy = scale == "toy"
+    overrides = [f"training.device={device}"] + (TOY_OVERRIDES if toy else []) + list(overrides)
+    return load_config(recipe_dir / "config.yaml", overrides, recipe_dir / "cpu_scale.yaml" if toy else None)
+
+
+def start_device(cfg, threads: int) -> tuple[Device, torch.dtype]:
+    """This process set up as a Ray worker sets up its own (environment before the first
+    allocation, threads or current device), in a one-rank model-parallel world."""
+    t = cfg.training
+    device = resolve_device(t.device)
+    for key, value in device.worker_env().items():
+        os.environ.setdefault(key, value)
+    device.setup_worker(threads)
+    dtype = device.compute_dtype(t.dtype)
+    from common import parallel
+
+    parallel.init_model_parallel(
+        rank=0, world_size=1, master_addr="127.0.0.1", master_port=free_port(), device=device,
+        tensor_model_parallel_size=1, pipeline_model_parallel_size=1, seed=t.seed,
+    )  # fmt: skip
+    return device, dtype
+
+
+def generation_rows(cfg, vocab_size: int, n_prompts: int, toy: bool):
+    """Seeded random prompts of ordinary ids (lengths from half the prompt room to all of it; 8 to
+    all of it at toy scale), each repeated n_samples_per_prompt times (row i*n + j = prompt i,
+    sample j), with the sampling keys the recipes give those rows: (lengths, prompts, rows, keys)."""
+    t, a = cfg.training, cfg.actor_rollout_ref.actor_rollout
+    from common.sampling import sample_key
+
+    n = a.n_samples_per_prompt
+    g = torch.Generator().manual_seed(t.seed)
+    low = max(1, a.max_prompt_length // 2) if not toy else 8
+    lengths = torch.randint(low, a.max_prompt_length + 1, (n_prompts,), generator=g).tolist()
+    prompts = [torch.randint(0, min(PROMPT_ID_RANGE, vocab_size - 1), (k,), generator=g).tolist() for k in lengths]
+    rows = [p for p in prompts for _ in range(n)]
+    keys = [sample_key(t.seed, 1, i, j) for i in range(n_prompts) for j in range(n)]
+    return lengths, prompts, rows, keys
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
-    recipe_dir = ROOT / "recipes" / args.recipe
     toy = args.scale == "toy"
-    overrides = [f"training.device={args.device}"] + (TOY_OVERRIDES if toy else []) + list(args.overrides)
-    cfg = load_config(recipe_dir / "config.yaml", overrides, recipe_dir / "cpu_scale.yaml" if toy else None)
+    cfg = recipe_config(args.recipe, args.scale, args.device, args.overrides)
     t, a, alg = cfg.training, cfg.actor_rollout_ref.actor_rollout, cfg.algorithm
     arch = LlamaArch(**OmegaConf.to_container(cfg.model))
     reward_arch = LlamaArch(**OmegaConf.to_container(cfg.reward.model)) if cfg.reward.model is not None else arch
-
-    device = resolve_device(t.device)
-    for key, value in device.worker_env().items():  # as the Ray workers get it; before the first allocation
-        os.environ.setdefault(key, value)
-    device.setup_worker(args.threads or os.cpu_count() or 1)
-    dtype = device.compute_dtype(t.dtype)
+    device, dtype = start_device(cfg, args.threads or os.cpu_count() or 1)
 
     from common import parallel
     from common.convert import load_checkpoint_into_model, save_checkpoint
@@ -185,15 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     from common.optimizer import AdamSettings, build_actor_optimizer, train_step
     from common.pairs import apply_missing_eos_penalty, select_pairs
     from common.reward_forward import shared_prompt_scores
-    from common.sampling import sample_key
     from common.schedule import run_microbatches
     from common.sequences import Sequence, collect_response_logps, collect_scores, has_eos, micro_batches, score_positions
 
-    parallel.init_model_parallel(
-        rank=0, world_size=1, master_addr="127.0.0.1", master_port=free_port(), device=device,
-        tensor_model_parallel_size=1, pipeline_model_parallel_size=1, seed=t.seed,
-    )  # fmt: skip
     torch_device = device.torch_device()
+    decode = decode_mode(a.decode, torch_device)
     fusions = device.megatron_fusions(dtype) if args.fusions == "device" else {}
     phases = Phases(device)
     n_samples, new_tokens = a.n_samples_per_prompt, max_new_tokens(cfg)
@@ -201,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     n_policy, n_reward = matmul_params(arch, reward=False), matmul_params(reward_arch, reward=True)
     print(f"[device_check] {device.kind} ({device.name()}), {t.dtype}, {args.recipe} {args.scale}: "
           f"{arch.num_layers} layers, hidden {arch.hidden_size}, vocab {arch.vocab_size}; fusions {fusions or 'none'}; "
-          f"decode {decode_mode(a.decode, torch_device)}", flush=True)
+          f"decode {decode}", flush=True)
 
     # --- build ------------------------------------------------------------------------------
     def build():
@@ -219,13 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     weights = {"actor": param_bytes(actor), "ref": param_bytes(ref), "reward": param_bytes(reward)}
 
     # --- generate -----------------------------------------------------------------------------
-    g = torch.Generator().manual_seed(t.seed)
-    low = max(1, a.max_prompt_length // 2) if not toy else 8
-    lengths = torch.randint(low, a.max_prompt_length + 1, (args.prompts,), generator=g).tolist()
-    prompts = [torch.randint(0, min(PROMPT_ID_RANGE, arch.vocab_size - 1), (n,), generator=g).tolist() for n in lengths]
-    rows = [p for p in prompts for _ in range(n_samples)]  # row i*n + j = prompt i, sample j
-    keys = [sample_key(t.seed, 1, i, j) for i in range(args.prompts) for j in range(n_samples)]  # as the recipes key them
-    sample = dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, eos_token_ids=stop_ids, decode=a.decode)
+    lengths, prompts, rows, keys = generation_rows(cfg, arch.vocab_size, args.prompts, toy)
+    sample = dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, eos_token_ids=stop_ids, decode=decode)
     phases.run("warmup", lambda: generate(actor, rows[:2], max_new_tokens=4, sample_keys=keys[:2], **sample))
 
     def gen_flops(out):
@@ -360,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             "recipe": args.recipe, "scale": args.scale, "dtype": t.dtype, "arch": OmegaConf.to_container(cfg.model),
             "prompts": args.prompts, "samples_per_prompt": n_samples, "max_new_tokens": new_tokens,
             "prompt_lengths": lengths, "micro_batch_pairs": a.micro_batch_size, "fusions": fusions,
-            "decode": decode_mode(a.decode, torch_device),
+            "decode": decode,
             "params": {k: v // dtype.itemsize for k, v in weights.items()},
         },
         "generation": {"rows": len(rows), "generated_tokens": generated,
