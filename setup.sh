@@ -14,7 +14,7 @@
 #   3. The torch_npu build for the pinned torch (torch_npu versions follow torch's):
 #        .venv/bin/pip install torch-npu==<torch version, e.g. 2.13.0>  (+ its deps: pyyaml, setuptools)
 #   4. Check:  .venv/bin/python -c "import torch, torch_npu; print(torch.npu.is_available(), torch.npu.device_count())"
-# Then training.device=npu (or auto) runs on the NPUs; common/device.py imports torch_npu and applies
+# Then training.device=npu (or auto) runs on the NPUs; common/device/backend.py imports torch_npu and applies
 # transfer_to_npu before Megatron-core is imported. `ray start ... --resources='{"NPU": 8}'` declares them.
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -1,11 +1,11 @@
-"""Where a decode step's time goes: common.generation.generate on one device, timed and profiled.
+"""Where a decode step's time goes: common.generate.generation.generate on one device, timed and profiled.
 
     .venv/bin/python bench/decode_profile.py --device cpu --scale toy --decode static --out /tmp/decode_profile   # here (a test runs it)
     RUNS=profile bash bench/device_check.sh        # on the GPU machine (the wheels as for the device check)
 
 The device check's generation workload (the recipe's actor, random weights, --prompts prompts x
 n_samples_per_prompt rows, the recipe's sampling), generated several ways, each after a warm-up:
-  sampled          as the recipes sample (keyed Gumbel-max, common/sampling.py), decode --decode
+  sampled          as the recipes sample (keyed Gumbel-max, common/generate/sampling.py), decode --decode
                    ("auto": a CUDA graph per generation on CUDA)
   sampled_eager    the same with eager decode steps (the model's modules called from Python)
   sampled_eager_again    once more: on CUDA the first eager generation also pays cuDNN's plan
@@ -27,16 +27,12 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+import torch
+from omegaconf import OmegaConf
 
-import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-from common.arch import LlamaArch  # noqa: E402
-from common.config import max_new_tokens  # noqa: E402
-from device_check import generation_rows, recipe_config, start_device  # noqa: E402
+from bench.device_check import generation_rows, recipe_config, start_device
+from common.config.arch import LlamaArch
+from common.config.roles import max_new_tokens
 
 
 def main() -> int:
@@ -47,7 +43,11 @@ def main() -> int:
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--steps", type=int, default=64, help="new tokens per timed generation")
     p.add_argument("--profile-steps", type=int, default=12)
-    p.add_argument("--decode", default="auto", help="the decode mode compared with eager (auto: a CUDA graph on CUDA; static on CPU for a test)")
+    p.add_argument(
+        "--decode",
+        default="auto",
+        help="the decode mode compared with eager (auto: a CUDA graph on CUDA; static on CPU for a test)",
+    )
     p.add_argument("--out", required=True, help="output folder")
     args = p.parse_args()
     out = Path(args.out)
@@ -58,14 +58,21 @@ def main() -> int:
     arch = LlamaArch(**OmegaConf.to_container(cfg.model))
     device, dtype = start_device(cfg, os.cpu_count() or 1)
 
-    from common import parallel
-    from common.generation import decode_mode, generate
-    from common.model import build_policy
+    from common.generate.generation import decode_mode, generate
+    from common.model import parallel
+    from common.model.llama import build_policy
 
     actor = build_policy(arch, dtype=dtype, seed=t.seed, device=device.torch_device())
     lengths, _, rows, keys = generation_rows(cfg, arch.vocab_size, args.prompts, args.scale == "toy")
     stop = [arch.vocab_size + 7]  # an id never drawn: every row runs every step
-    sampled = dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, eos_token_ids=stop, sample_keys=keys, decode=args.decode)
+    sampled = dict(
+        temperature=a.temperature,
+        top_k=a.top_k,
+        top_p=a.top_p,
+        eos_token_ids=stop,
+        sample_keys=keys,
+        decode=args.decode,
+    )
     steps = min(args.steps, max_new_tokens(cfg))
 
     tokens = {}
@@ -80,8 +87,15 @@ def main() -> int:
         print(f"[decode_profile] {name:15s} {ms:8.2f} ms/step ({len(rows)} rows, {steps} steps)", flush=True)
         return ms
 
-    summary = {"device": device.name(), "dtype": t.dtype, "rows": len(rows), "steps": steps, "prompt_lengths": lengths,
-               "decode": decode_mode(args.decode, device.torch_device()), "torch_threads": torch.get_num_threads()}
+    summary = {
+        "device": device.name(),
+        "dtype": t.dtype,
+        "rows": len(rows),
+        "steps": steps,
+        "prompt_lengths": lengths,
+        "decode": decode_mode(args.decode, device.torch_device()),
+        "torch_threads": torch.get_num_threads(),
+    }
     summary["ms_per_step"] = {
         "sampled": timed("sampled"), "sampled_eager": timed("sampled_eager", decode="eager"),
         "sampled_eager_again": timed("sampled_eager_again", decode="eager"),
@@ -96,7 +110,10 @@ def main() -> int:
     fp32_actor = build_policy(arch, dtype=torch.float32, seed=t.seed, device=device.torch_device())
     greedy = {**sampled, "top_k": 1, "max_new_tokens": steps}
     summary["rows_equal_eager"]["greedy_fp32"] = sum(
-        x == y for x, y in zip(generate(fp32_actor, rows, **greedy), generate(fp32_actor, rows, **{**greedy, "decode": "eager"}))
+        x == y
+        for x, y in zip(
+            generate(fp32_actor, rows, **greedy), generate(fp32_actor, rows, **{**greedy, "decode": "eager"})
+        )
     )
     del fp32_actor
     print(f"[decode_profile] rows equal to eager decode's: {summary['rows_equal_eager']} of {len(rows)}", flush=True)
@@ -109,11 +126,22 @@ def main() -> int:
         device.synchronize()
     averages = prof.key_averages()
     per_step = args.profile_steps
-    device_events = [e for e in prof.events() if getattr(e, "device_type", None) is not None and str(e.device_type).endswith("CUDA")]
+    device_events = [
+        e for e in prof.events() if getattr(e, "device_type", None) is not None and str(e.device_type).endswith("CUDA")
+    ]
     summary["kernels_per_step"] = round(len(device_events) / per_step, 1)
     summary["aten_calls_per_step"] = round(sum(e.count for e in averages if e.key.startswith("aten::")) / per_step, 1)
     summary["host_waits_per_step"] = {
-        e.key: round(e.count / per_step, 2) for e in averages if e.key in ("cudaStreamSynchronize", "cudaMemcpyAsync", "cudaDeviceSynchronize", "aten::item", "aten::_local_scalar_dense")
+        e.key: round(e.count / per_step, 2)
+        for e in averages
+        if e.key
+        in (
+            "cudaStreamSynchronize",
+            "cudaMemcpyAsync",
+            "cudaDeviceSynchronize",
+            "aten::item",
+            "aten::_local_scalar_dense",
+        )
     }
     tables = [averages.table(sort_by="self_cpu_time_total", row_limit=40)]
     if device.kind == "cuda":

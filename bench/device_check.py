@@ -4,34 +4,34 @@
     .venv/bin/python bench/device_check.py --device cuda --scale full --out docs/device/h100.json   # a GPU: llama32_1b, bf16
     bash bench/device_check.sh                      # the prepared GPU-machine run (installs the copied wheels; writes to $OUT)
 
-The recipe's own config (`recipes/llama32_1b/config.yaml`, read by `common.config` exactly as a run
+The recipe's own config (`recipes/llama32_1b/config.yaml`, read by `common.config.load` exactly as a run
 reads it; `--scale toy` merges its `cpu_scale.yaml` and shortens the lengths) gives the
 architecture, dtype, micro-batch sizes, sampling, optimizer and DPO settings. Weights are random
 (seeded); nothing is downloaded. Phases, each timed (device synchronised) with its peak memory:
 
   build       actor, reference (same seed: same weights) and reward model, moved to the device
   generate    KV-cache sampling, --prompts x n_samples_per_prompt rows x max_new_tokens
-              (common.generation.generate, as the actor's workers call it)
+              (common.generate.generation.generate, as the actor's workers call it)
   reward      reward-model scores at each response's first EOS as the workers compute them with
-              PP = 1 (common.reward_forward: each prompt once, the last layer at the score positions)
+              PP = 1 (common.reward.forward: each prompt once, the last layer at the score positions)
   reward_full the same scores through the full forward (Megatron's schedule, as with PP > 1): must
               equal the above within rounding (model FLOPs of the full forward counted for both)
   reference   summed response log-probs of both members of every pair, in the loop's layout,
               run twice: the second forward must equal the first
   optimizer   Megatron DDP + Megatron Adam (bf16/fp16: Float16OptimizerWithFloat16Params, fp32 main
-              params; fp16 with dynamic loss scaling), common.optimizer.build_actor_optimizer, as
+              params; fp16 with dynamic loss scaling), common.train.optimizer.build_actor_optimizer, as
               ActorWorker builds it
-  train       one DPO step (common.optimizer.train_step): the step-1 loss must be ln 2; in bf16
+  train       one DPO step (common.train.optimizer.train_step): the step-1 loss must be ln 2; in bf16
               or fp16 every weight must then equal its fp32 main parameter rounded to that dtype
   train2      a second DPO step on the same pairs: a warm step's time, and the steady-state peak
               memory (forward and backward with Adam's moments allocated, which the first step's
               backward ran without)
   after       the DPO loss again (forward only): must be finite
-  checkpoint  save the actor (common.convert.save_checkpoint, the project's format), load it into
+  checkpoint  save the actor (common.weights.convert.save_checkpoint, the project's format), load it into
               the reference model (load_checkpoint_into_model): every weight must equal the actor's
 
 It reports generated tokens/s, seconds and FLOPs per phase, model FLOP utilisation against the
-device's peak (common.device: datasheet bf16 peaks of known accelerators; on CPU a measured fp32
+device's peak (common.device.backend: datasheet bf16 peaks of known accelerators; on CPU a measured fp32
 matmul), peak device memory per phase and per role (the figures `tools/recipe_budget.py
 --measured FILE` prints next to its estimates), and writes everything to `--out FILE.json`. Exit
 status 1 when a check fails (the JSON is written first). Imports nothing from Ray.
@@ -52,15 +52,17 @@ import time
 import warnings
 from pathlib import Path
 
+import torch
+from omegaconf import OmegaConf
+
+from common.config.arch import LlamaArch
+from common.config.load import load_config
+from common.config.roles import max_new_tokens, optimizer_steps_per_iter, role_section
+from common.device.backend import Device, apply_megatron_fusions, resolve_device
+
+# the project's root: `common` comes from the editable install (setup.sh), or on the GPU machine's bare
+# copy of the tree from PYTHONPATH, which bench/device_check.sh sets
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the GPU machine runs it from a bare copy of the tree, with no install of the project
-
-import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-from common.arch import LlamaArch  # noqa: E402
-from common.config import load_config, max_new_tokens, optimizer_steps_per_iter, role_section  # noqa: E402
-from common.device import Device, apply_megatron_fusions, resolve_device  # noqa: E402
 
 GIB = 1024**3
 LLAMA3_STOP_IDS = [128001, 128009]  # <|end_of_text|>, <|eot_id|>
@@ -77,13 +79,25 @@ TOY_OVERRIDES = ["training.seq_length=24", "actor_rollout_ref.actor_rollout.max_
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "npu"))
-    p.add_argument("--scale", default="full", choices=("full", "toy"), help="full: the recipe's model and dtype; toy: its cpu_scale overlay, short lengths")
+    p.add_argument(
+        "--scale",
+        default="full",
+        choices=("full", "toy"),
+        help="full: the recipe's model and dtype; toy: its cpu_scale overlay, short lengths",
+    )
     p.add_argument("--recipe", default="llama32_1b")
     p.add_argument("--prompts", type=int, default=8)
-    p.add_argument("--fusions", default="device", choices=("device", "off"), help="device: the fused kernels the device offers (common.device), as training uses them; off: none")
+    p.add_argument(
+        "--fusions",
+        default="device",
+        choices=("device", "off"),
+        help="device: the fused kernels the device offers (common.device.backend), as training uses them; off: none",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: all cores)")
     p.add_argument("--peak-tflops", type=float, default=None, help="override the device's peak for MFU")
-    p.add_argument("--ckpt-dir", default=None, help="where the checkpoint is written (default: a temporary folder, removed)")
+    p.add_argument(
+        "--ckpt-dir", default=None, help="where the checkpoint is written (default: a temporary folder, removed)"
+    )
     p.add_argument("--out", required=True, help="JSON report")
     p.add_argument("overrides", nargs="*", help="config key=value overrides")
     return p.parse_args(argv)
@@ -109,7 +123,10 @@ def forward_flops(arch: LlamaArch, n_params: int, tokens: int, ctx_sum: int) -> 
 
 
 def batch_forward_flops(arch: LlamaArch, n_params: int, batches) -> float:
-    return sum(forward_flops(arch, n_params, int(b.total_len_B.sum()), int(b.total_len_B.sum()) * b.ids_BT.shape[1]) for b in batches)
+    return sum(
+        forward_flops(arch, n_params, int(b.total_len_B.sum()), int(b.total_len_B.sum()) * b.ids_BT.shape[1])
+        for b in batches
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,11 +147,18 @@ class Phases:
         out = fn()
         d.synchronize()
         seconds = time.perf_counter() - start
-        row = {"seconds": round(seconds, 4), "memory": {"allocated_before": before, **d.peak_memory(), "allocated_after": d.memory_allocated()}}
+        row = {
+            "seconds": round(seconds, 4),
+            "memory": {"allocated_before": before, **d.peak_memory(), "allocated_after": d.memory_allocated()},
+        }
         if flops_fn is not None:
             row["flops"] = flops_fn(out)
         self.rows[name] = row
-        print(f"[device_check] {name:10s} {seconds:8.2f} s" + (f"  {row['flops'] / 1e12:8.2f} TFLOP" if "flops" in row else ""), flush=True)
+        print(
+            f"[device_check] {name:10s} {seconds:8.2f} s"
+            + (f"  {row['flops'] / 1e12:8.2f} TFLOP" if "flops" in row else ""),
+            flush=True,
+        )
         return out
 
 
@@ -146,8 +170,14 @@ def git_commit() -> dict:
     if os.environ.get("ODPO_GIT_COMMIT"):  # given by the caller: the device tool's copy of the tree
         return {"commit": os.environ["ODPO_GIT_COMMIT"], "dirty": None}  # has a .git of another commit
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip())
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=True
+            ).stdout.strip()
+        )
         return {"commit": commit, "dirty": dirty}
     except (OSError, subprocess.CalledProcessError):  # a copy of the tree without .git (the GPU machine)
         return {"commit": os.environ.get("ODPO_GIT_COMMIT"), "dirty": None}
@@ -176,7 +206,7 @@ def start_device(cfg, threads: int) -> tuple[Device, torch.dtype]:
         os.environ.setdefault(key, value)
     device.setup_worker(threads)
     dtype = device.compute_dtype(t.dtype)
-    from common import parallel
+    from common.model import parallel
 
     parallel.init_model_parallel(
         rank=0, world_size=1, master_addr="127.0.0.1", master_port=free_port(), device=device,
@@ -190,7 +220,7 @@ def generation_rows(cfg, vocab_size: int, n_prompts: int, toy: bool):
     all of it at toy scale), each repeated n_samples_per_prompt times (row i*n + j = prompt i,
     sample j), with the sampling keys the recipes give those rows: (lengths, prompts, rows, keys)."""
     t, a = cfg.training, cfg.actor_rollout_ref.actor_rollout
-    from common.sampling import sample_key
+    from common.generate.sampling import sample_key
 
     n = a.n_samples_per_prompt
     g = torch.Generator().manual_seed(t.seed)
@@ -213,16 +243,23 @@ def main(argv: list[str] | None = None) -> int:
     reward_arch = LlamaArch(**OmegaConf.to_container(cfg.reward.model)) if cfg.reward.model is not None else arch
     device, dtype = start_device(cfg, args.threads or os.cpu_count() or 1)
 
-    from common import parallel
-    from common.convert import load_checkpoint_into_model, save_checkpoint
-    from common.dpo import dpo_losses, microbatch_dpo_loss, pair_sequences
-    from common.generation import decode_mode, generate
-    from common.model import build_policy, build_reward_model
-    from common.optimizer import AdamSettings, build_actor_optimizer, train_step
-    from common.pairs import apply_missing_eos_penalty, select_pairs
-    from common.reward_forward import shared_prompt_scores
-    from common.schedule import run_microbatches
-    from common.sequences import Sequence, collect_response_logps, collect_scores, has_eos, micro_batches, score_positions
+    from common.generate.generation import decode_mode, generate
+    from common.model import parallel
+    from common.model.llama import build_policy, build_reward_model
+    from common.reward.forward import shared_prompt_scores
+    from common.train.dpo import dpo_losses, microbatch_dpo_loss, pair_sequences
+    from common.train.optimizer import AdamSettings, build_actor_optimizer, train_step
+    from common.train.pairs import apply_missing_eos_penalty, select_pairs
+    from common.train.schedule import run_microbatches
+    from common.train.sequences import (
+        Sequence,
+        collect_response_logps,
+        collect_scores,
+        has_eos,
+        micro_batches,
+        score_positions,
+    )
+    from common.weights.convert import load_checkpoint_into_model, save_checkpoint
 
     torch_device = device.torch_device()
     decode = decode_mode(a.decode, torch_device)
@@ -231,9 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     n_samples, new_tokens = a.n_samples_per_prompt, max_new_tokens(cfg)
     stop_ids = LLAMA3_STOP_IDS if arch.vocab_size > max(LLAMA3_STOP_IDS) else [arch.vocab_size - 1]
     n_policy, n_reward = matmul_params(arch, reward=False), matmul_params(reward_arch, reward=True)
-    print(f"[device_check] {device.kind} ({device.name()}), {t.dtype}, {args.recipe} {args.scale}: "
-          f"{arch.num_layers} layers, hidden {arch.hidden_size}, vocab {arch.vocab_size}; fusions {fusions or 'none'}; "
-          f"decode {decode}", flush=True)
+    print(
+        f"[device_check] {device.kind} ({device.name()}), {t.dtype}, {args.recipe} {args.scale}: "
+        f"{arch.num_layers} layers, hidden {arch.hidden_size}, vocab {arch.vocab_size}; fusions {fusions or 'none'}; "
+        f"decode {decode}",
+        flush=True,
+    )
 
     # --- build ------------------------------------------------------------------------------
     def build():
@@ -262,9 +302,13 @@ def main(argv: list[str] | None = None) -> int:
         decode = sum(forward_flops(arch, n_policy, B, B * (L + s + 1)) for s in range(steps - 1))
         return prefill + decode
 
-    responses = phases.run("generate", lambda: generate(actor, rows, max_new_tokens=new_tokens, sample_keys=keys, **sample), gen_flops)
+    responses = phases.run(
+        "generate", lambda: generate(actor, rows, max_new_tokens=new_tokens, sample_keys=keys, **sample), gen_flops
+    )
     generated = sum(len(r) for r in responses)
-    seqs_PN = [[Sequence(prompts[i], responses[i * n_samples + j]) for j in range(n_samples)] for i in range(args.prompts)]
+    seqs_PN = [
+        [Sequence(prompts[i], responses[i * n_samples + j]) for j in range(n_samples)] for i in range(args.prompts)
+    ]
     flat = [s for row in seqs_PN for s in row]
 
     # --- reward -------------------------------------------------------------------------------
@@ -286,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     rejected = [row[int(r)] for row, r in zip(seqs_PN, pairs.rejected_P)]
 
     # --- reference (twice) --------------------------------------------------------------------
-    ref_seqs = [s for c, r in zip(chosen, rejected) for s in (c, r)]  # the loop's layout (common.rollout.reference_logps)
+    ref_seqs = [
+        s for c, r in zip(chosen, rejected) for s in (c, r)
+    ]  # the loop's layout (common.run.rollout.reference_logps)
     ref_batches = micro_batches(ref_seqs, 2 * role_section(cfg, "ref").micro_batch_size, torch_device)
 
     def ref_logps():
@@ -302,9 +348,17 @@ def main(argv: list[str] | None = None) -> int:
     # --- optimizer + one DPO step ---------------------------------------------------------------
     settings = AdamSettings(**{f: a[f] for f in AdamSettings.__dataclass_fields__})
     total_steps = t.train_iters * optimizer_steps_per_iter(cfg)
-    model, optimizer, scheduler = phases.run("optimizer", lambda: build_actor_optimizer(actor, settings, dtype=dtype, total_steps=total_steps))
+    model, optimizer, scheduler = phases.run(
+        "optimizer", lambda: build_actor_optimizer(actor, settings, dtype=dtype, total_steps=total_steps)
+    )
     items = [
-        {"prompt_ids": c.prompt_ids, "chosen_ids": c.response_ids, "rejected_ids": r.response_ids, "ref_chosen": rc, "ref_rejected": rr}
+        {
+            "prompt_ids": c.prompt_ids,
+            "chosen_ids": c.response_ids,
+            "rejected_ids": r.response_ids,
+            "ref_chosen": rc,
+            "ref_rejected": rr,
+        }
         for c, r, rc, rr in zip(chosen, rejected, ref_chosen, ref_rejected)
     ]
     seqs, refs = pair_sequences(items, a.micro_batch_size)
@@ -318,12 +372,16 @@ def main(argv: list[str] | None = None) -> int:
         return dpo_losses(pc, pr, ref_c, ref_r, beta=alg.beta, loss_type=alg.loss_type).mean().item()
 
     train_fwd = batch_forward_flops(arch, n_policy, train_batches)
-    grad_norm, stats = phases.run("train", lambda: train_step(model, optimizer, scheduler, train_batches, loss_fn), lambda _: 3 * train_fwd)
+    grad_norm, stats = phases.run(
+        "train", lambda: train_step(model, optimizer, scheduler, train_batches, loss_fn), lambda _: 3 * train_fwd
+    )
     loss_step1 = dpo_loss(stats)
     # a second step: the first one's forward and backward ran before Adam's moments existed (the
     # optimizer allocates them in its first step), so only from step 2 on does the backward's peak
     # hold the whole optimizer state, as every later step of a run does; and its time is a warm step's
-    grad_norm2, _ = phases.run("train2", lambda: train_step(model, optimizer, scheduler, train_batches, loss_fn), lambda _: 3 * train_fwd)
+    grad_norm2, _ = phases.run(
+        "train2", lambda: train_step(model, optimizer, scheduler, train_batches, loss_fn), lambda _: 3 * train_fwd
+    )
 
     def forward_loss():
         with torch.no_grad():
@@ -370,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     if dtype != torch.float32:  # half-precision weights train through fp32 main copies
         checks["mixed_precision_main_params"] = {
             **{k: optimizer_info[k] for k in ("adam_params", "fp32_main_params", "params_equal_rounded_main")},
-            "ok": 0 < optimizer_info["fp32_main_params"] == optimizer_info["adam_params"] and optimizer_info["params_equal_rounded_main"],
+            "ok": 0 < optimizer_info["fp32_main_params"] == optimizer_info["adam_params"]
+            and optimizer_info["params_equal_rounded_main"],
         }
     report = {
         "tool": "bench/device_check.py",
@@ -416,7 +475,7 @@ def describe_optimizer(optimizer) -> dict:
     runs, and, for half-precision weights (``Float16OptimizerWithFloat16Params``), how many fp32
     main parameters it keeps and whether every model weight equals its main parameter rounded to
     the weight's dtype after the step (Megatron copies them back after each step)."""
-    from common.optimizer import loss_scale
+    from common.train.optimizer import loss_scale
 
     chained = getattr(optimizer, "chained_optimizers", [optimizer])
     pairs = [
@@ -458,22 +517,33 @@ def _megatron_version() -> str:
 
 
 def print_summary(r: dict) -> None:
-    print(f"[device_check] device {r['device']['name']} ({r['device']['kind']}), peak {_fmt_peak(r['device']['peak_flops'])} ({r['device']['peak_source']})")
-    print(f"[device_check] generation: {r['generation']['generated_tokens']} tokens, {r['generation']['tokens_per_s']:.1f} tokens/s")
+    print(
+        f"[device_check] device {r['device']['name']} ({r['device']['kind']}), peak {_fmt_peak(r['device']['peak_flops'])} ({r['device']['peak_source']})"
+    )
+    print(
+        f"[device_check] generation: {r['generation']['generated_tokens']} tokens, {r['generation']['tokens_per_s']:.1f} tokens/s"
+    )
     for name, row in r["phases"].items():
         mem = row["memory"]
         peak = mem.get("max_allocated", mem.get("max_rss"))
         mfu = f"  MFU {row['mfu']:.1%}" if row.get("mfu") is not None else ""
         print(f"[device_check]   {name:10s} {row['seconds']:8.3f} s  peak {peak / GIB:7.2f} GiB{mfu}")
     if r["memory_per_role"]:
-        print("[device_check] memory per role: " + ", ".join(f"{k} {v / GIB:.2f} GiB" for k, v in r["memory_per_role"].items()))
+        print(
+            "[device_check] memory per role: "
+            + ", ".join(f"{k} {v / GIB:.2f} GiB" for k, v in r["memory_per_role"].items())
+        )
     print(f"[device_check] peak memory of the whole check: {r['peak_memory'] / GIB:.2f} GiB")
     if r["mfu_overall"] is not None:
         print(f"[device_check] MFU over the timed phases: {r['mfu_overall']:.1%}")
     o = r["optimizer"]
-    print(f"[device_check] optimizer {', '.join(o['classes'])}, fused Adam {o['fused_adam']}, fp32 main params {o['fp32_main_params']}")
+    print(
+        f"[device_check] optimizer {', '.join(o['classes'])}, fused Adam {o['fused_adam']}, fp32 main params {o['fp32_main_params']}"
+    )
     for name, c in r["checks"].items():
-        print(f"[device_check] check {name}: {'ok' if c['ok'] else 'FAILED'}  {json.dumps({k: v for k, v in c.items() if k != 'ok'})}")
+        print(
+            f"[device_check] check {name}: {'ok' if c['ok'] else 'FAILED'}  {json.dumps({k: v for k, v in c.items() if k != 'ok'})}"
+        )
     print(f"[device_check] {'ALL CHECKS PASSED' if r['ok'] else 'SOME CHECKS FAILED'}", flush=True)
 
 

@@ -10,7 +10,7 @@
 #       carry=["bench/wheels"], timeout_s=540)
 #   (some of them again, if time is left:  RUNS="fused fp16" ODPO_GIT_COMMIT=... bash bench/device_check.sh)
 #
-# then copy $OUT's files to docs/device/ and commit them (README "Device check").
+# then copy $OUT's files to docs/device/ and commit them (docs/device.md).
 # Installs the copied wheels into a temporary --target folder (never into the machine's Python).
 # Rehearsal here with the GPU machine's software (Python 3.12, PyTorch 2.11 CUDA build, on CPU): bench/device_rehearsal.sh.
 # Dry run here on CPU at toy scale (what tests nothing on a GPU, but catches mistakes in this script):
@@ -33,7 +33,9 @@ if "$PY" -m pip --version >/dev/null 2>&1; then
 else  # no pip: a wheel is a zip archive laid out for site-packages
   "$PY" -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]' "$SITE" "$WHEELS"/*.whl || exit 2
 fi
-export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+# the wheels, and this copy of the tree (not installed here): bench/device_check.py imports `common`,
+# bench/decode_profile.py `bench.device_check`
+export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 {
   date -u

@@ -32,8 +32,9 @@ mkdir -p "$OUT"
 PYTHON="$VENV/bin/python" WHEELS="$WHEELS" DEVICE=cpu SCALE=toy OUT="$OUT" bash bench/device_check.sh
 
 "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --no-index --target "$SITE" "$WHEELS"/*.whl
+# the wheels, and the tree (not installed in $VENV) for `bench` and `common`
 set +e
-PYTHONPATH="$SITE" "$VENV/bin/python" tests/_device_check_half_precision.py --device cpu --scale toy --peak-tflops 1 \
+PYTHONPATH="$SITE:$PWD" "$VENV/bin/python" tests/_device_check_half_precision.py --device cpu --scale toy --peak-tflops 1 \
   --out "$OUT/device_check_bf16.json" 2>&1 | tee "$OUT/device_check_bf16.log"
 rc=${PIPESTATUS[0]}
 echo "device_check bf16 on cpu: exit $rc" | tee -a "$OUT/environment.txt"

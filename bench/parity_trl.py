@@ -47,11 +47,11 @@ from pathlib import Path
 
 import torch
 
-from common import jsonl
-from common.fixed_responses import fixed_response_ids
-from common.messages import prompt_text
-from common.outputs import read_jsonl
-from common.tokenizer import load_tokenizer, render_prompt_ids
+from common.prompts.fixed_responses import fixed_response_ids
+from common.prompts.messages import prompt_text
+from common.prompts.tokenizer import load_tokenizer, render_prompt_ids
+from common.run.outputs import read_jsonl
+from common.util import jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,7 +112,7 @@ class Settings:
     seed: int = 1234
     # pad_token_id in the policy's config.json (None: unset, as in Meta's Llama 3 configs). Some SFT
     # checkpoints set it to <|eot_id|> (128009); HF then never updates that embedding row through the
-    # lookup (padding_idx), and this project must do the same (common/hf_semantics.py).
+    # lookup (padding_idx), and this project must do the same (common/weights/hf_semantics.py).
     policy_pad_token_id: int | None = None
 
     def beta(self, loss_type: str) -> float:
@@ -129,20 +129,38 @@ def _llama_config(*, reward: bool, policy_pad_token_id: int | None = None):
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=128256, hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=8192, rms_norm_eps=1e-5,
-        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
-                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
-        tie_word_embeddings=not reward, attention_dropout=0.0, num_labels=1,
+        vocab_size=128256,
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-5,
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 32.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+        tie_word_embeddings=not reward,
+        attention_dropout=0.0,
+        num_labels=1,
         # By default no pad id on the policy (as in Meta's Llama 3 configs). With one, HF builds
         # nn.Embedding with padding_idx=pad_token_id, which stops the lookup's gradient to that row;
         # with <|eot_id|>, a real token of every prompt and response, that changes training.
-        bos_token_id=128000, eos_token_id=128009, pad_token_id=128009 if reward else policy_pad_token_id,
+        bos_token_id=128000,
+        eos_token_id=128009,
+        pad_token_id=128009 if reward else policy_pad_token_id,
     )
 
 
-WORDS = ("the sun is warm and bright today so we walk to the park with a friend and talk about books "
-         "music small cats green plants quiet lakes morning coffee long trains old maps new cities").split()
+WORDS = (
+    "the sun is warm and bright today so we walk to the park with a friend and talk about books "
+    "music small cats green plants quiet lakes morning coffee long trains old maps new cities"
+).split()
 
 
 def _response(rng: random.Random) -> str:
@@ -155,9 +173,16 @@ def make_assets(root: Path, s: Settings) -> dict[str, Path]:
     from transformers import LlamaForCausalLM, LlamaForSequenceClassification
 
     root.mkdir(parents=True, exist_ok=True)
-    paths = {"policy": root / "policy", "reward": root / "reward", "prompts": root / "prompts.jsonl", "fixed": root / "fixed.jsonl"}
+    paths = {
+        "policy": root / "policy",
+        "reward": root / "reward",
+        "prompts": root / "prompts.jsonl",
+        "fixed": root / "fixed.jsonl",
+    }
     torch.manual_seed(s.seed)
-    LlamaForCausalLM(_llama_config(reward=False, policy_pad_token_id=s.policy_pad_token_id)).save_pretrained(paths["policy"])
+    LlamaForCausalLM(_llama_config(reward=False, policy_pad_token_id=s.policy_pad_token_id)).save_pretrained(
+        paths["policy"]
+    )
     torch.manual_seed(s.seed + 1)
     reward = LlamaForSequenceClassification(_llama_config(reward=True))
     with torch.no_grad():  # a wider spread of scores than the default init (std 0.02)
@@ -168,7 +193,9 @@ def make_assets(root: Path, s: Settings) -> dict[str, Path]:
     raw = raw[: s.num_prompts]
     rng = random.Random(s.seed)
     jsonl.write(paths["prompts"], ({"prompt": p} for p in raw))
-    jsonl.write(paths["fixed"], ({"prompt": prompt_text(p), "responses": [_response(rng), _response(rng)]} for p in raw))
+    jsonl.write(
+        paths["fixed"], ({"prompt": prompt_text(p), "responses": [_response(rng), _response(rng)]} for p in raw)
+    )
     return paths
 
 
@@ -205,7 +232,9 @@ def run_trl(paths: dict[str, Path], s: Settings, loss_type: str, workdir: Path) 
                 for r, c in enumerate(completions):
                     out[r, : len(c)] = torch.tensor(c)
                 rows = [x[m.bool()].tolist() for x, m in zip(input_ids, attention_mask)]
-                self.checks["prompt_ids_equal"] &= all(rows[r] == our_prompt_ids[keys[r % len(keys)]] for r in range(len(rows)))
+                self.checks["prompt_ids_equal"] &= all(
+                    rows[r] == our_prompt_ids[keys[r % len(keys)]] for r in range(len(rows))
+                )
                 self._step = {"keys": keys, "completions": completions}
                 return torch.cat([input_ids, out], dim=1)
 
@@ -269,8 +298,12 @@ def run_trl(paths: dict[str, Path], s: Settings, loss_type: str, workdir: Path) 
     reward = AutoModelForSequenceClassification.from_pretrained(paths["reward"], dtype=torch.float32, num_labels=1)
     dataset = datasets.Dataset.from_list([{"prompt": as_messages(p)} for p in raw])
     trainer = FixedResponsesTrainer(
-        model=policy, reward_funcs=reward, args=args, train_dataset=dataset,
-        processing_class=tok, reward_processing_classes=load_tokenizer(str(TOKENIZER)),
+        model=policy,
+        reward_funcs=reward,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tok,
+        reward_processing_classes=load_tokenizer(str(TOKENIZER)),
     )
     trainer.records, trainer.checks = [], {"prompt_ids_equal": True, "reward_ids_equal": True}
     trainer.reward_funcs[0].register_forward_hook(capture_reward, with_kwargs=True)
@@ -326,7 +359,10 @@ def run_ours(paths: dict[str, Path], s: Settings, loss_type: str, tp: int, out: 
     start = time.perf_counter()
     proc = subprocess.run(
         [str(ROOT / "run.sh"), "tiny", "--out", str(out), *our_overrides(paths, s, loss_type, tp)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"./run.sh tiny failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
@@ -350,9 +386,16 @@ def compare(trl: dict, ours: dict) -> dict:
     for m in METRICS:
         t, o = [x[m] for x in a], [x[m] for x in b]
         d = [y - x for x, y in zip(t, o)]
-        per_metric[m] = {"trl": t, "ours": o, "diff": d, "max_abs_diff": max(abs(x) for x in d),
-                         "max_rel_diff": max(abs(x) / abs(v) if v else (0.0 if x == 0 else math.inf) for x, v in zip(d, t))}
-    score_diff = max(abs(so - st) for x, y in zip(a, b) for rt, ro in zip(x["scores_PN"], y["scores_PN"]) for st, so in zip(rt, ro))
+        per_metric[m] = {
+            "trl": t,
+            "ours": o,
+            "diff": d,
+            "max_abs_diff": max(abs(x) for x in d),
+            "max_rel_diff": max(abs(x) / abs(v) if v else (0.0 if x == 0 else math.inf) for x, v in zip(d, t)),
+        }
+    score_diff = max(
+        abs(so - st) for x, y in zip(a, b) for rt, ro in zip(x["scores_PN"], y["scores_PN"]) for st, so in zip(rt, ro)
+    )
     margins = [abs(r[0] - r[1]) for x in a for r in x["scores_PN"]]
     return {
         "metrics": per_metric,
@@ -386,13 +429,27 @@ def plot(results: dict, path: Path) -> None:
         ax = axes[0][col]
         ax.plot(steps, loss["trl"], "-", color="tab:blue", lw=3, alpha=0.5, label="TRL 1.16 OnlineDPOTrainer")
         for r in runs:
-            ax.plot(steps, r["metrics"]["loss"]["ours"], ".", color=colors[r["tp"]], label=f"this project, actor TP={r['tp']}")
+            ax.plot(
+                steps,
+                r["metrics"]["loss"]["ours"],
+                ".",
+                color=colors[r["tp"]],
+                label=f"this project, actor TP={r['tp']}",
+            )
         ax.set(title=f"{lt}: loss (fixed responses, fp32, CPU)", xlabel="iteration", ylabel="loss")
         ax.legend()
-        for row, (metric, tol) in enumerate((("loss", TOLERANCES["loss"]), ("rewards/margins", TOLERANCES["rewards/margins"])), start=1):
+        for row, (metric, tol) in enumerate(
+            (("loss", TOLERANCES["loss"]), ("rewards/margins", TOLERANCES["rewards/margins"])), start=1
+        ):
             ax = axes[row][col]
             for r in runs:
-                ax.plot(steps, r["metrics"][metric]["diff"], ".-", color=colors[r["tp"]], label=f"TP={r['tp']} (max |diff| {r['max_abs_diff'][metric]:.1e})")
+                ax.plot(
+                    steps,
+                    r["metrics"][metric]["diff"],
+                    ".-",
+                    color=colors[r["tp"]],
+                    label=f"TP={r['tp']} (max |diff| {r['max_abs_diff'][metric]:.1e})",
+                )
             ax.axhline(tol, ls="--", color="gray", lw=1)
             ax.axhline(-tol, ls="--", color="gray", lw=1, label=f"tolerance +-{tol:g}")
             ax.set(title=f"{lt}: {metric}, this project - TRL", xlabel="iteration", ylabel="difference")
@@ -414,7 +471,10 @@ def run_all(s: Settings, loss_types: list[str], tps: list[int], workdir: Path) -
         for tp in tps:
             ours = run_ours(paths, s, lt, tp, workdir / f"ours_{lt}_tp{tp}")
             results[f"{lt}_tp{tp}"] = {
-                "loss_type": lt, "tp": tp, **compare(trl, ours), "trl_checks": trl["checks"],
+                "loss_type": lt,
+                "tp": tp,
+                **compare(trl, ours),
+                "trl_checks": trl["checks"],
                 "seconds": {"trl": trl["seconds"], "ours": ours["seconds"]},
             }
     return results
@@ -425,8 +485,14 @@ def environment() -> dict:
     import transformers
     import trl
 
-    return {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__,
-            "megatron-core": megatron.core.__version__, "device": "cpu", "dtype": "fp32"}
+    return {
+        "trl": trl.__version__,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "megatron-core": megatron.core.__version__,
+        "device": "cpu",
+        "dtype": "fp32",
+    }
 
 
 def print_table(results: dict) -> None:
@@ -447,10 +513,17 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--loss-types", nargs="+", default=["sigmoid", "ipo"], choices=["sigmoid", "ipo"])
     p.add_argument("--tp", nargs="+", type=int, default=[1, 2])
-    p.add_argument("--out", type=Path, default=None, help="folder for parity.json and the runs (default: a temporary one)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="folder for parity.json and the runs (default: a temporary one)"
+    )
     p.add_argument("--plot", type=Path, default=ROOT / "docs" / "parity.png")
-    p.add_argument("--policy-pad-token-id", type=int, default=None, metavar="ID",
-                   help="set pad_token_id in the policy's config.json (e.g. 128009 = <|eot_id|>): HF's padding_idx semantics")
+    p.add_argument(
+        "--policy-pad-token-id",
+        type=int,
+        default=None,
+        metavar="ID",
+        help="set pad_token_id in the policy's config.json (e.g. 128009 = <|eot_id|>): HF's padding_idx semantics",
+    )
     args = p.parse_args()
     s = Settings(steps=args.steps, policy_pad_token_id=args.policy_pad_token_id)
     with tempfile.TemporaryDirectory() as tmp:

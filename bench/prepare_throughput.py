@@ -36,13 +36,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from common.prompts.prepared import open_table
+from common.prompts.tokenizer import load_tokenizer
+from data.prepare import Settings, prepare
+
 ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-from common.prepared import open_table  # noqa: E402  (after HF_DATASETS_OFFLINE is set)
-from common.tokenizer import load_tokenizer  # noqa: E402
-from data.prepare import Settings, prepare  # noqa: E402
-
 SHARED = Path("/work/shared/datasets")
 
 
@@ -58,8 +56,9 @@ def hh_prompt(dialogue: str) -> list[dict]:
 
 def real_prompts() -> list[list[dict]]:
     if not SHARED.is_dir():
-        raise SystemExit(f"bench: {SHARED} not found; this benchmark reads the shared datasets of the "
-                         "development/CI machines")
+        raise SystemExit(
+            f"bench: {SHARED} not found; this benchmark reads the shared datasets of the development/CI machines"
+        )
     pool = []
     for split in ("train", "test"):
         with open(SHARED / "gsm8k" / f"{split}.jsonl") as f:
@@ -118,6 +117,9 @@ def main() -> None:
     ap.add_argument("--tokenizer", default=str(ROOT / "assets" / "llama3_tokenizer"))
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
+    # before anything imports `datasets` (its config reads the variable at import): run_baseline's
+    # load_dataset, and the worker processes data.prepare starts, inherit it
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
     t = time.perf_counter()
     tok = load_tokenizer(args.tokenizer)
@@ -137,7 +139,7 @@ def main() -> None:
         times = {name: [] for name in contenders}
         cpu = {name: [] for name in contenders}
         reference = None
-        for rep in range(args.repeats):
+        for _ in range(args.repeats):
             for name, fn in contenders.items():
                 work = tempfile.mkdtemp(dir=tmp)
                 start, start_cpu = time.perf_counter(), cpu_seconds()
@@ -151,24 +153,36 @@ def main() -> None:
                     raise SystemExit(f"bench: {name} gives different ids than the baseline")
                 del ids
                 shutil.rmtree(work)
-                print(f"  {name}: {times[name][-1]:.2f} s, {cpu[name][-1]:.2f} CPU s, load {os.getloadavg()[0]:.1f}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"  {name}: {times[name][-1]:.2f} s, {cpu[name][-1]:.2f} CPU s, load {os.getloadavg()[0]:.1f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
     n = args.prompts
     base = n / min(times["datasets.map (baseline)"])
-    lines = [f"{n:,} prompts ({tokens / n:.0f} tokens/prompt on average, {tokens:,} tokens), Llama 3 tokenizer, "
-             f"{os.cpu_count()} cores, load average at end {os.getloadavg()[0]:.1f}; best of {args.repeats}; "
-             f"tokenizer load {load_s:.1f} s not counted",
-             "", "| method | seconds | prompts/s | vs baseline | CPU seconds | prompts per CPU-second |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"{n:,} prompts ({tokens / n:.0f} tokens/prompt on average, {tokens:,} tokens), Llama 3 tokenizer, "
+        f"{os.cpu_count()} cores, load average at end {os.getloadavg()[0]:.1f}; best of {args.repeats}; "
+        f"tokenizer load {load_s:.1f} s not counted",
+        "",
+        "| method | seconds | prompts/s | vs baseline | CPU seconds | prompts per CPU-second |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     results = {}
     for name, ts in times.items():
         best = ts.index(min(ts))
         rate, cpu_s = n / ts[best], cpu[name][best]
-        results[name] = {"seconds": ts[best], "all_seconds": ts, "cpu_seconds": cpu_s, "all_cpu_seconds": cpu[name],
-                         "prompts_per_s": rate, "ratio": rate / base}
+        results[name] = {
+            "seconds": ts[best],
+            "all_seconds": ts,
+            "cpu_seconds": cpu_s,
+            "all_cpu_seconds": cpu[name],
+            "prompts_per_s": rate,
+            "ratio": rate / base,
+        }
         lines.append(f"| {name} | {ts[best]:.2f} | {rate:,.0f} | {rate / base:.2f}x | {cpu_s:.1f} | {n / cpu_s:,.0f} |")
     print("\n".join(lines))
     if args.json:

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common.outputs import read_jsonl
+from common.run.outputs import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,14 @@ def main() -> int:
         p.error("--iters must be >= 3 (the first two are warm-up)")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        cmd = [str(ROOT / "run.sh"), args.recipe, "--out", str(out), f"training.train_iters={args.iters}", *args.overrides]
+        cmd = [
+            str(ROOT / "run.sh"),
+            args.recipe,
+            "--out",
+            str(out),
+            f"training.train_iters={args.iters}",
+            *args.overrides,
+        ]
         subprocess.run(cmd, cwd=ROOT, check=True)
         rows = read_jsonl(out / "metrics.jsonl")[2:]
     phases = [ph for ph in PHASES if f"timing/{ph}" in rows[0]]

@@ -50,7 +50,7 @@ def main() -> int:
     from transformers import LlamaForCausalLM, LlamaForSequenceClassification, TrainerCallback
     from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
-    from common.tokenizer import load_tokenizer
+    from common.prompts.tokenizer import load_tokenizer
 
     prompts = [json.loads(line)["prompt"] for line in args.prompts.read_text().splitlines()]
     out = open(args.out, "w")

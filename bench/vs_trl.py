@@ -30,9 +30,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 import bench.workload as w
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PHASES = ("generate", "reference", "reward", "train")
 FIRST_TIMED = 3  # iterations 1-2 are warm-up
@@ -80,7 +80,9 @@ def tree_memory(root_pid: int, *, pss: bool) -> tuple[int, int]:
 
 
 RSS_EVERY_S = 0.5  # cheap (/proc/PID/statm)
-PSS_EVERY = 6  # RSS readings per PSS reading (every 3 s): PSS costs the machine CPU, more on the side with more processes
+PSS_EVERY = (
+    6  # RSS readings per PSS reading (every 3 s): PSS costs the machine CPU, more on the side with more processes
+)
 
 
 def run_side(cmd: list[str], log: Path, first_row: callable) -> dict:
@@ -124,10 +126,28 @@ def run_trl(out: Path, prompts_file: Path, iters: int) -> dict:
         rows = read_rows(rows_file)
         return rows[0]["begin"] if rows else None
 
-    cmd = [sys.executable, str(ROOT / "bench" / "trl_side.py"), "--prompts", str(prompts_file), "--iters", str(iters), "--out", str(rows_file), "--workdir", str(out)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "trl_side.py"),
+        "--prompts",
+        str(prompts_file),
+        "--iters",
+        str(iters),
+        "--out",
+        str(rows_file),
+        "--workdir",
+        str(out),
+    ]
     info = run_side(cmd, out / "trl.log", first_row)
     rows = read_rows(rows_file)
-    return {**info, "rows": [{k: r[k] for k in r if k.startswith("timing/")} | {"prompt_lens": r["prompt_lens"], "response_lens": r["response_lens"]} for r in rows]}
+    return {
+        **info,
+        "rows": [
+            {k: r[k] for k in r if k.startswith("timing/")}
+            | {"prompt_lens": r["prompt_lens"], "response_lens": r["response_lens"]}
+            for r in rows
+        ],
+    }
 
 
 def run_ours(out: Path, prompts_file: Path, iters: int, prompt_lens: list[int], overrides: list[str]) -> dict:
@@ -161,7 +181,10 @@ def run_ours(out: Path, prompts_file: Path, iters: int, prompt_lens: list[int], 
 
 def summarize(side: dict, peak_gflops: float) -> dict:
     rows = side["rows"][FIRST_TIMED - 1 :]
-    s = {"step_total": sum(r["timing/step"] for r in rows), "step_median": statistics.median(r["timing/step"] for r in rows)}
+    s = {
+        "step_total": sum(r["timing/step"] for r in rows),
+        "step_median": statistics.median(r["timing/step"] for r in rows),
+    }
     flops = {ph: 0.0 for ph in PHASES}
     for r in rows:
         for ph, f in w.phase_flops(r["prompt_lens"], r["response_lens"]).items():
@@ -208,7 +231,10 @@ def report(trl: dict, ours: dict, meta: dict) -> str:
         f"| median seconds per iteration | {t['step_median']:.2f} | {o['step_median']:.2f} | {ratio(t['step_median'], o['step_median'])} |",
     ]
     for ph in PHASES:
-        worst = min(tr[f"timing/{ph}"] / max(orow[f"timing/{ph}"], 1e-9) for tr, orow in zip(trl["rows"][FIRST_TIMED - 1 :], ours["rows"][FIRST_TIMED - 1 :]))
+        worst = min(
+            tr[f"timing/{ph}"] / max(orow[f"timing/{ph}"], 1e-9)
+            for tr, orow in zip(trl["rows"][FIRST_TIMED - 1 :], ours["rows"][FIRST_TIMED - 1 :])
+        )
         lines.append(f"| {ph}: median s (worst iteration's ratio) | {t[f'{ph}_median']:.3f} | {o[f'{ph}_median']:.3f} | "
                      f"{ratio(t[f'{ph}_median'], o[f'{ph}_median'])} ({worst:.2f}x) |")  # fmt: skip
     for ph in PHASES:
@@ -222,7 +248,9 @@ def report(trl: dict, ours: dict, meta: dict) -> str:
         "",
         "Per iteration (seconds; prompt tokens = mean over the iteration's sequences):",
         "",
-        "| it | prompt tok | TRL step | ours step | ratio | " + " | ".join(f"TRL {ph} | ours {ph}" for ph in PHASES) + " |",
+        "| it | prompt tok | TRL step | ours step | ratio | "
+        + " | ".join(f"TRL {ph} | ours {ph}" for ph in PHASES)
+        + " |",
         "|---:|---:|---:|---:|---:|" + "---:|" * (2 * len(PHASES)),
     ]
     for i, (tr, orow) in enumerate(zip(trl["rows"], ours["rows"]), start=1):
@@ -234,7 +262,7 @@ def report(trl: dict, ours: dict, meta: dict) -> str:
         "GFLOP/s count the same model FLOPs on both sides: the trunk over every token, the output layer only where a "
         "token is sampled or a log-prob is needed (backward = 2x forward); work beyond that (e.g. logits at prompt "
         "positions) shows as a lower figure, work skipped as a higher one: this project's reward model runs each "
-        "prompt once and its last layer at the score positions only (`common/reward_forward.py`, ~40 % fewer FLOPs "
+        "prompt once and its last layer at the score positions only (`common/reward/forward.py`, ~40 % fewer FLOPs "
         "on this workload), so its reward GFLOP/s are above what its matmuls run at. TRL's `train` is its step minus "
         "generation, reference and reward: the policy's forward, backward and optimizer step, as this project's `train`.",
     ]
@@ -259,7 +287,11 @@ def plot(trl: dict, ours: dict, path: Path, title: str) -> None:
             ax_it.bar(x + offset, vals, 0.38, bottom=bottom, color=colors[ph], hatch=hatch, edgecolor="white",
                       label=f"{name}: {ph}")  # fmt: skip
             bottom += vals
-    ax_it.set(xlabel="iteration (left bar TRL, hatched; right bar this project)", ylabel="seconds", title=f"per iteration: {title}")
+    ax_it.set(
+        xlabel="iteration (left bar TRL, hatched; right bar this project)",
+        ylabel="seconds",
+        title=f"per iteration: {title}",
+    )
     ax_it.set_xticks(x)
     ax_it.legend(fontsize=7, ncol=2)
     t, o = summarize(trl, 1.0), summarize(ours, 1.0)
@@ -268,7 +300,14 @@ def plot(trl: dict, ours: dict, path: Path, title: str) -> None:
     ax_ph.bar(xp - 0.2, [t[f"{k}_median"] for k in labels], 0.38, label="TRL 1.16", color="gray")
     ax_ph.bar(xp + 0.2, [o[f"{k}_median"] for k in labels], 0.38, label="this project", color="tab:purple")
     for i, k in enumerate(labels):
-        ax_ph.text(xp[i] + 0.2, o[f"{k}_median"], ratio(t[f"{k}_median"], o[f"{k}_median"]), ha="center", va="bottom", fontsize=8)
+        ax_ph.text(
+            xp[i] + 0.2,
+            o[f"{k}_median"],
+            ratio(t[f"{k}_median"], o[f"{k}_median"]),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     ax_ph.set_xticks(xp, labels)
     ax_ph.set(ylabel="seconds", title=f"median over iterations {FIRST_TIMED}-{n}")
     ax_ph.legend(fontsize=8)
@@ -292,12 +331,26 @@ def cpu_name() -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--prompts", type=Path, default=w.DEFAULT_PROMPTS, help="JSONL: MT-Bench rows ('turns') or {'prompt': text} (default: %(default)s)")
+    p.add_argument(
+        "--prompts",
+        type=Path,
+        default=w.DEFAULT_PROMPTS,
+        help="JSONL: MT-Bench rows ('turns') or {'prompt': text} (default: %(default)s)",
+    )
     p.add_argument("--iters", type=int, default=12)
-    p.add_argument("--sides", nargs="+", default=None, choices=["trl", "ours"],
-                   help="run exactly these sides, reuse the other's result from --out (default: run each side that has no result there)")
-    p.add_argument("--out", type=Path, default=None, help="folder of both sides' results (default: bench_runs/<prompts file stem>)")
-    p.add_argument("--fresh", action="store_true", help="without --sides: re-run both sides even when --out has their results")
+    p.add_argument(
+        "--sides",
+        nargs="+",
+        default=None,
+        choices=["trl", "ours"],
+        help="run exactly these sides, reuse the other's result from --out (default: run each side that has no result there)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="folder of both sides' results (default: bench_runs/<prompts file stem>)"
+    )
+    p.add_argument(
+        "--fresh", action="store_true", help="without --sides: re-run both sides even when --out has their results"
+    )
     p.add_argument("--report", type=Path, default=ROOT / "docs" / "bench.md")
     p.add_argument("--plot", type=Path, default=None, help="bar chart (default: the report's path with .png)")
     p.add_argument("overrides", nargs="*", help="extra key=value overrides for this project's side")
@@ -308,17 +361,22 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     plot_path = args.plot or args.report.with_suffix(".png")
 
-    from common.tokenizer import load_tokenizer
+    from common.prompts.tokenizer import load_tokenizer
 
     prompts, lengths = w.fitting_prompts(w.read_prompts(args.prompts), load_tokenizer(str(w.TOKENIZER)))
     if len(prompts) < w.PROMPTS_PER_ITER:
-        raise SystemExit(f"error: {args.prompts}: {len(prompts)} prompts fit in {w.MAX_LENGTH - w.NEW_TOKENS} tokens; need >= {w.PROMPTS_PER_ITER}")
+        raise SystemExit(
+            f"error: {args.prompts}: {len(prompts)} prompts fit in {w.MAX_LENGTH - w.NEW_TOKENS} tokens; need >= {w.PROMPTS_PER_ITER}"
+        )
     prompts_file = out / "prompts.jsonl"
     prompts_file.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in prompts))
     key = {"prompts": [len(prompts), sum(lengths)], "iters": args.iters, "overrides": args.overrides}
 
     peak = matmul_peak_gflops()
-    print(f"fp32 matmul peak: {peak:.0f} GFLOP/s; {len(prompts)} prompts, {min(lengths)}-{max(lengths)} tokens", flush=True)
+    print(
+        f"fp32 matmul peak: {peak:.0f} GFLOP/s; {len(prompts)} prompts, {min(lengths)}-{max(lengths)} tokens",
+        flush=True,
+    )
     results, missing = {}, []
     for side in ("trl", "ours"):
         stored = out / f"{side}.json"
@@ -343,7 +401,9 @@ def main() -> int:
         results[side] = res
         print(f"{side}: {res['wall_s']:.0f} s", flush=True)
     if missing:
-        raise SystemExit(f"error: no result of {missing[0]} with these settings in {out} (no report written); run it with --sides {missing[0]}")
+        raise SystemExit(
+            f"error: no result of {missing[0]} with these settings in {out} (no report written); run it with --sides {missing[0]}"
+        )
     # the best of the measurements before each side and now: the least disturbed by other load
     peak = max([peak, matmul_peak_gflops(), *(r.get("peak_gflops", 0.0) for r in results.values())])
     meta = {

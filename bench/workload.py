@@ -38,7 +38,7 @@ def read_prompts(path: Path) -> list[str]:
         raise SystemExit(
             f"error: prompt file {path} not found. The default is MT-Bench's question.jsonl in "
             f"../shared/datasets/mt_bench/ beside the checkout (development machines only); pass "
-            "--prompts FILE.jsonl with one {\"prompt\": text} (or \"question\", or MT-Bench's \"turns\") per line"
+            '--prompts FILE.jsonl with one {"prompt": text} (or "question", or MT-Bench\'s "turns") per line'
         )
     prompts = []
     for n, line in enumerate(path.read_text().splitlines(), start=1):
@@ -54,7 +54,7 @@ def read_prompts(path: Path) -> list[str]:
 
 def fitting_prompts(prompts: list[str], tok) -> tuple[list[str], list[int]]:
     """The prompts whose chat-template rendering leaves room for NEW_TOKENS, and their lengths."""
-    from common.tokenizer import render_prompt_ids
+    from common.prompts.tokenizer import render_prompt_ids
 
     kept, lengths = [], []
     for p in prompts:

@@ -1,13 +1,13 @@
-"""Shared pieces of the recipes (see README "Layout").
+"""Shared pieces of the recipes (README "Layout": one package per concern).
 
-Importing the package imports nothing heavy: ``./run.sh`` (common/launch.py) starts Ray's processes
+Importing the package imports nothing heavy: ``./run.sh`` (common/run/launch.py) starts Ray's processes
 before the driver imports torch. Two things still happen before any module of this package can
 import Megatron-core:
-- on a machine with Ascend's `torch_npu` installed, `common.device` is imported first: it applies
+- on a machine with Ascend's `torch_npu` installed, `common.device.backend` is imported first: it applies
   `torch_npu.contrib.transfer_to_npu`, which must precede Megatron's import (MindSpeed's rule);
   elsewhere this costs one package lookup;
 - `torch.compile` becomes lazy and torch's optimizer stops importing `torch._dynamo` while nothing
-  compiles (`common/lazy_compile.py`): ~2 s off every process start, ~0.8 s more off the actor's.
+  compiles (`common/device/lazy_compile.py`): ~2 s off every process start, ~0.8 s more off the actor's.
   It is installed the moment torch's own import finishes (``_AfterImport``), whoever imports
   torch first, and so before Megatron's import, which imports torch first.
 """
@@ -44,7 +44,7 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 
 
 def _install_lazy_compile() -> None:
-    from common import lazy_compile
+    from common.device import lazy_compile
 
     lazy_compile.install()
 
@@ -55,4 +55,4 @@ else:
     sys.meta_path.insert(0, _AfterImport("torch", _install_lazy_compile))
 
 if importlib.util.find_spec("torch_npu") is not None:
-    from common import device  # noqa: F401  (imports torch_npu + transfer_to_npu)
+    from common.device import backend as device  # noqa: F401  (imports torch_npu + transfer_to_npu)

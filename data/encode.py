@@ -1,4 +1,4 @@
-"""Checked messages -> prompt token ids, fast, and identical to ``common.tokenizer.render_prompt_ids``.
+"""Checked messages -> prompt token ids, fast, and identical to ``common.prompts.tokenizer.render_prompt_ids``.
 
 Two engines give the same ids:
 
@@ -16,7 +16,7 @@ Two engines give the same ids:
 
 import json
 
-from common.tokenizer import LLAMA3_CHAT_TEMPLATE
+from common.prompts.tokenizer import LLAMA3_CHAT_TEMPLATE
 
 LLAMA3_SPECIALS = ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
 ENGINES = ("auto", "tiktoken", "hf")
@@ -63,13 +63,26 @@ def _build_tiktoken(tok):
     model, pre = spec["model"], spec.get("pre_tokenizer") or {}
     if spec.get("normalizer") is not None:
         return None, "the tokenizer has a normalizer"
-    if model.get("type") != "BPE" or not model.get("ignore_merges") or model.get("dropout") \
-            or model.get("continuing_subword_prefix") or model.get("end_of_word_suffix") or model.get("byte_fallback"):
+    if (
+        model.get("type") != "BPE"
+        or not model.get("ignore_merges")
+        or model.get("dropout")
+        or model.get("continuing_subword_prefix")
+        or model.get("end_of_word_suffix")
+        or model.get("byte_fallback")
+    ):
         return None, "the model is not a plain byte-level BPE with ignore_merges"
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else []
-    if len(steps) != 2 or steps[0].get("type") != "Split" or "Regex" not in steps[0].get("pattern", {}) \
-            or steps[0].get("behavior") != "Isolated" or steps[0].get("invert") \
-            or steps[1].get("type") != "ByteLevel" or steps[1].get("use_regex") or steps[1].get("add_prefix_space"):
+    if (
+        len(steps) != 2
+        or steps[0].get("type") != "Split"
+        or "Regex" not in steps[0].get("pattern", {})
+        or steps[0].get("behavior") != "Isolated"
+        or steps[0].get("invert")
+        or steps[1].get("type") != "ByteLevel"
+        or steps[1].get("use_regex")
+        or steps[1].get("add_prefix_space")
+    ):
         return None, "the pre-tokenizer is not Split(regex) + ByteLevel"
     for t in spec["added_tokens"]:
         if not t["special"] or t["lstrip"] or t["rstrip"] or t["single_word"] or t["normalized"]:
@@ -81,8 +94,10 @@ def _build_tiktoken(tok):
         return None, "the vocabulary is not byte-level"
     # tiktoken merges by the rank of the merged token; the HF model by merge order. They agree
     # when merges are ordered by the rank of their result, as tiktoken conversions write them.
-    merged = [ranks.get(bytes(u2b[c] for c in (a + b))) for a, b in
-              (m if isinstance(m, list) else m.split(" ", 1) for m in model["merges"])]
+    merged = [
+        ranks.get(bytes(u2b[c] for c in (a + b)))
+        for a, b in (m if isinstance(m, list) else m.split(" ", 1) for m in model["merges"])
+    ]
     if None in merged or any(x > y for x, y in zip(merged, merged[1:])):
         return None, "the merges are not ordered by token rank"
     pattern = steps[0]["pattern"]["Regex"]
@@ -101,8 +116,10 @@ class PromptEncoder:
         self.template_name = template
         self.template_text = LLAMA3_CHAT_TEMPLATE if template == "llama3" else tok.chat_template
         if not self.template_text:
-            raise ValueError(f"tokenizer {tok.name_or_path}: no chat_template; use --template llama3 "
-                             "or a tokenizer directory with a chat template")
+            raise ValueError(
+                f"tokenizer {tok.name_or_path}: no chat_template; use --template llama3 "
+                "or a tokenizer directory with a chat template"
+            )
         self.is_llama3 = self.template_text == LLAMA3_CHAT_TEMPLATE
         self.bos = tok.bos_token_id
         self.specials = [t.content for t in tok.added_tokens_decoder.values() if t.special]
@@ -122,7 +139,9 @@ class PromptEncoder:
                 self._head = {role: [sh, *enc(role), eh] for role in ("system", "user", "assistant")}
                 self._tail = self._head["assistant"] + enc("\n\n")
         if engine == "tiktoken" and self.fast is None:
-            raise ValueError(f"engine tiktoken: not usable with this tokenizer and template ({reason}); use --engine hf")
+            raise ValueError(
+                f"engine tiktoken: not usable with this tokenizer and template ({reason}); use --engine hf"
+            )
         self.engine = "tiktoken" if self.fast is not None else "hf"
         self.engine_reason = reason
 
@@ -143,8 +162,9 @@ class PromptEncoder:
     def render_text(self, messages: list[dict]) -> str:
         if self.is_llama3:
             return llama3_text(messages)
-        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                            chat_template=self.template_text)
+        return self.tok.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, chat_template=self.template_text
+        )
 
     def encode_hf(self, batch: list[list[dict]]) -> list[list[int]]:
         """The reference: rendered text, encoded without added specials, one BOS (as render_prompt_ids)."""
@@ -156,8 +176,10 @@ class PromptEncoder:
                 if not ids or ids[0] != self.bos:
                     ids = [self.bos] + ids
                 if ids.count(self.bos) != 1:
-                    raise ValueError(f"the template writes <BOS> {ids.count(self.bos)} times; "
-                                     "use a chat template that writes it at most once")
+                    raise ValueError(
+                        f"the template writes <BOS> {ids.count(self.bos)} times; "
+                        "use a chat template that writes it at most once"
+                    )
             out.append(ids)
         return out
 
@@ -184,8 +206,10 @@ class PromptEncoder:
         reference = self.encode_hf([batch[i] for i in picks])
         for i, ref in zip(picks, reference):
             if ids[i] != ref:
-                raise ValueError(f"{where[i]}: the tiktoken engine gives different ids than the Hugging Face "
-                                 "tokenizer for this prompt; run with --engine hf (and report the row)")
+                raise ValueError(
+                    f"{where[i]}: the tiktoken engine gives different ids than the Hugging Face "
+                    "tokenizer for this prompt; run with --engine hf (and report the row)"
+                )
 
     def truncate_left(self, messages: list[dict], max_len: int) -> tuple[list[dict], list[int]] | None:
         """Cut tokens off the start of the last (user) message until the prompt fits ``max_len``;
@@ -196,7 +220,7 @@ class PromptEncoder:
         over = len(self.encode([messages])[0]) - max_len
         k = over
         while 0 < k < len(offsets):
-            rest = content[offsets[k][0]:]
+            rest = content[offsets[k][0] :]
             if not rest.strip():
                 return None
             candidate = messages[:-1] + [{"role": messages[-1]["role"], "content": rest}]

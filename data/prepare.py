@@ -7,12 +7,12 @@
 
 Each row becomes ``{role, content}`` messages (a string prompt is one user turn; ``query`` is
 appended to it after a newline; a non-empty ``system`` becomes the first turn), is checked like
-``common.prompts.normalize_prompt`` does, rendered with the chat template ready for the assistant
-reply, and tokenized exactly as ``common.tokenizer.render_prompt_ids`` would. Prompts longer than
+``common.prompts.dataset.normalize_prompt`` does, rendered with the chat template ready for the assistant
+reply, and tokenized exactly as ``common.prompts.tokenizer.render_prompt_ids`` would. Prompts longer than
 ``--max-prompt-length`` are dropped or cut from the left of the last user message
 (``--too-long``); the assistant header is never cut, and both counts go to the manifest.
 
-Output (see ``common/prepared.py``): ``prompts.arrow`` + ``manifest.json``, written to a temporary
+Output (see ``common/prompts/prepared.py``): ``prompts.arrow`` + ``manifest.json``, written to a temporary
 folder and renamed into place, so a failed run leaves nothing that looks complete. The same input
 and settings give byte-identical output for any ``--workers``.
 """
@@ -33,10 +33,18 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from common import jsonl
-from common.atomic_files import publish_dir, temp_dir, temp_path
-from common.messages import normalize_prompt
-from common.prepared import FORMAT, IDS_FILE, MANIFEST_FILE, MESSAGE_TYPE, SCHEMA, is_prepared, tokenizer_fingerprint
+from common.prompts.messages import normalize_prompt
+from common.prompts.prepared import (
+    FORMAT,
+    IDS_FILE,
+    MANIFEST_FILE,
+    MESSAGE_TYPE,
+    SCHEMA,
+    is_prepared,
+    tokenizer_fingerprint,
+)
+from common.util import jsonl
+from common.util.atomic_files import publish_dir, temp_dir, temp_path
 from data.encode import ENGINES, TEMPLATES, PromptEncoder
 from data.sources import Chunk, KeyMap, known_rows, read_chunks, resolve_inputs
 
@@ -90,14 +98,20 @@ def row_messages(prompt, query, system, where: str) -> list[dict]:
             raise ValueError(f"{where}: the {name} value is a {type(value).__name__}; it must be a string (or null)")
     if query:
         if not isinstance(prompt, str):
-            raise ValueError(f"{where}: a query value with a messages prompt; put the query text in the last "
-                             "user message, or map no query column")
+            raise ValueError(
+                f"{where}: a query value with a messages prompt; put the query text in the last "
+                "user message, or map no query column"
+            )
         prompt = prompt + "\n" + query
     if system:
         if isinstance(prompt, str):
             prompt = [{"role": "user", "content": prompt}]
-        elif isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], dict) \
-                and prompt[0].get("role") == "system":
+        elif (
+            isinstance(prompt, (list, tuple))
+            and prompt
+            and isinstance(prompt[0], dict)
+            and prompt[0].get("role") == "system"
+        ):
             raise ValueError(f"{where}: both a system column value and a system message; keep one of them")
         if isinstance(prompt, (list, tuple)):
             prompt = [{"role": "system", "content": system}, *prompt]
@@ -113,8 +127,10 @@ def _utf8_checked(array: pa.Array, chunk: Chunk, column: str) -> list:
             try:
                 array[i].as_py()
             except UnicodeDecodeError as e:
-                raise ValueError(f"{chunk.path} row {chunk.first_row + i}: column `{column}` has invalid UTF-8 "
-                                 f"({e.reason} at byte {e.start}); re-encode the text as UTF-8") from e
+                raise ValueError(
+                    f"{chunk.path} row {chunk.first_row + i}: column `{column}` has invalid UTF-8 "
+                    f"({e.reason} at byte {e.start}); re-encode the text as UTF-8"
+                ) from e
         raise
 
 
@@ -123,7 +139,9 @@ def _rows(chunk: Chunk, keys: KeyMap, seen: dict):
     if chunk.kind == "arrow":
         cols = {k: _utf8_checked(chunk.payload.column(c), chunk, c) for k, c in keys.columns().items()}
         none = itertools.repeat(None)
-        yield from zip(itertools.count(chunk.first_row), cols["prompt"], cols.get("query", none), cols.get("system", none))
+        yield from zip(
+            itertools.count(chunk.first_row), cols["prompt"], cols.get("query", none), cols.get("system", none)
+        )
         return
     for i, item in enumerate(chunk.payload):
         row = chunk.first_row + i
@@ -132,11 +150,15 @@ def _rows(chunk: Chunk, keys: KeyMap, seen: dict):
                 continue
             item = jsonl.loads(item, f"{chunk.path} row {row}")
         if not isinstance(item, dict):
-            raise ValueError(f"{chunk.path} row {row}: expected a JSON object, got {type(item).__name__}; "
-                             f"write one {{\"{keys.prompt}\": ...}} object per row")
+            raise ValueError(
+                f"{chunk.path} row {row}: expected a JSON object, got {type(item).__name__}; "
+                f'write one {{"{keys.prompt}": ...}} object per row'
+            )
         if keys.prompt not in item:
-            raise ValueError(f"{chunk.path} row {row}: no `{keys.prompt}` field (fields: {', '.join(item) or 'none'}); "
-                             "add it, or map the prompt field with --map-keys")
+            raise ValueError(
+                f"{chunk.path} row {row}: no `{keys.prompt}` field (fields: {', '.join(item) or 'none'}); "
+                "add it, or map the prompt field with --map-keys"
+            )
         query = system = None
         if keys.query and keys.query in item:
             query, seen["query"] = item[keys.query], True
@@ -162,8 +184,15 @@ def process_chunk(chunk: Chunk) -> tuple[pa.RecordBatch, dict]:
     ids = encoder.encode(messages)
     encoder.spot_check(messages, ids, where)
 
-    stats = {"file_index": chunk.file_index, "rows": len(rows), "dropped_too_long": 0, "truncated": 0,
-             "dropped_examples": [], "truncated_examples": [], "seen": seen}
+    stats = {
+        "file_index": chunk.file_index,
+        "rows": len(rows),
+        "dropped_too_long": 0,
+        "truncated": 0,
+        "dropped_examples": [],
+        "truncated_examples": [],
+        "seen": seen,
+    }
     limit = settings.max_prompt_length
     if limit is not None:
         keep = []
@@ -189,12 +218,15 @@ def process_chunk(chunk: Chunk) -> tuple[pa.RecordBatch, dict]:
     offsets = np.zeros(len(ids) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
     flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(offsets[-1]))
-    batch = pa.RecordBatch.from_arrays([
-        pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
-        pa.array(messages, type=MESSAGE_TYPE),
-        pa.array(np.full(len(ids), chunk.file_index, dtype=np.int32)),
-        pa.array(np.asarray(rows, dtype=np.int64)),
-    ], schema=SCHEMA)
+    batch = pa.RecordBatch.from_arrays(
+        [
+            pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
+            pa.array(messages, type=MESSAGE_TYPE),
+            pa.array(np.full(len(ids), chunk.file_index, dtype=np.int32)),
+            pa.array(np.asarray(rows, dtype=np.int64)),
+        ],
+        schema=SCHEMA,
+    )
     stats["prompts"], stats["tokens"] = len(ids), int(lengths.sum())
     stats["max_length"] = int(lengths.max()) if len(ids) else 0
     return batch, stats
@@ -237,14 +269,20 @@ def check_output(output: str, inputs: list[str], files: list[str], overwrite: bo
     out = os.path.realpath(output)
     for f in files:
         if os.path.realpath(f) == out:
-            raise ValueError(f"--output {output}: is the input file {f}; --output must be a folder, not an input file; "
-                             "pick a new folder for the prepared dataset")
+            raise ValueError(
+                f"--output {output}: is the input file {f}; --output must be a folder, not an input file; "
+                "pick a new folder for the prepared dataset"
+            )
     for given in inputs:
         real = os.path.realpath(given)
         if _inside(out, real) or _inside(real, out):
-            suggestion = os.path.join(os.path.dirname(real.rstrip(os.sep)), os.path.basename(real.rstrip(os.sep)) + "_prepared")
-            raise ValueError(f"--output {output}: is, contains or lies inside the input {given}, whose files would be "
-                             f"replaced; write the prepared dataset to a different folder, e.g. --output {suggestion}")
+            suggestion = os.path.join(
+                os.path.dirname(real.rstrip(os.sep)), os.path.basename(real.rstrip(os.sep)) + "_prepared"
+            )
+            raise ValueError(
+                f"--output {output}: is, contains or lies inside the input {given}, whose files would be "
+                f"replaced; write the prepared dataset to a different folder, e.g. --output {suggestion}"
+            )
     if not os.path.lexists(output):
         return
     if not os.path.isdir(output):
@@ -254,13 +292,24 @@ def check_output(output: str, inputs: list[str], files: list[str], overwrite: bo
     found = sorted(os.listdir(output))
     if not is_prepared(output) or set(found) - {IDS_FILE, MANIFEST_FILE}:
         others = [n for n in found if n not in (IDS_FILE, MANIFEST_FILE)]
-        raise ValueError(f"--output {output}: exists and is not only a dataset written by data.prepare "
-                         f"({'no ' + MANIFEST_FILE if not is_prepared(output) else 'also holds ' + ', '.join(others[:5])}); "
-                         "--overwrite replaces only a prepared dataset; pick a new folder")
+        raise ValueError(
+            f"--output {output}: exists and is not only a dataset written by data.prepare "
+            f"({'no ' + MANIFEST_FILE if not is_prepared(output) else 'also holds ' + ', '.join(others[:5])}); "
+            "--overwrite replaces only a prepared dataset; pick a new folder"
+        )
 
 
-def prepare(inputs: list[str], output: str, tok, settings: Settings = Settings(), *, engine: str = "auto",
-            workers: int = 1, overwrite: bool = False, progress: bool = True) -> dict:
+def prepare(
+    inputs: list[str],
+    output: str,
+    tok,
+    settings: Settings = Settings(),
+    *,
+    engine: str = "auto",
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
     """Prepare ``inputs`` (files or folders of shards) into the dataset folder ``output``; returns the manifest."""
     settings.check()
     output = output.rstrip(os.sep) or output
@@ -276,17 +325,26 @@ def prepare(inputs: list[str], output: str, tok, settings: Settings = Settings()
     seen = [{"query": False, "system": False} for _ in files]
     totals = [known_rows(p) for p in files]
     try:
-        tmp = str(temp_dir(output))  # renamed to --output once complete (common/atomic_files.py)
+        tmp = str(temp_dir(output))  # renamed to --output once complete (common/util/atomic_files.py)
     except OSError as e:
-        raise ValueError(f"--output {output}: cannot create {temp_path(output)}: {e.strerror}; pick a writable folder") from None
+        raise ValueError(
+            f"--output {output}: cannot create {temp_path(output)}: {e.strerror}; pick a writable folder"
+        ) from None
     done = False
     try:
         from tqdm import tqdm
 
-        chunks = itertools.chain.from_iterable(read_chunks(p, i, settings.keys, settings.chunk_rows)
-                                               for i, p in enumerate(files))
-        bar = tqdm(total=None if None in totals else sum(totals), unit=" prompts", disable=not progress,
-                   file=sys.stderr, mininterval=0.5, desc="prepare")
+        chunks = itertools.chain.from_iterable(
+            read_chunks(p, i, settings.keys, settings.chunk_rows) for i, p in enumerate(files)
+        )
+        bar = tqdm(
+            total=None if None in totals else sum(totals),
+            unit=" prompts",
+            disable=not progress,
+            file=sys.stderr,
+            mininterval=0.5,
+            desc="prepare",
+        )
         with pa.ipc.new_file(os.path.join(tmp, IDS_FILE), SCHEMA) as writer:
             for batch, stats in _ordered_map(process_chunk, chunks, workers, (encoder, settings)):
                 writer.write_batch(batch)
@@ -308,17 +366,24 @@ def prepare(inputs: list[str], output: str, tok, settings: Settings = Settings()
             for key in ("query", "system"):
                 column = getattr(settings.keys, key)
                 if column and not source["path"].endswith(".parquet") and not file_seen[key]:
-                    raise ValueError(f"{source['path']}: no row has a `{column}` field (mapped from {key}); "
-                                     "fix --map-keys or the file")
+                    raise ValueError(
+                        f"{source['path']}: no row has a `{column}` field (mapped from {key}); "
+                        "fix --map-keys or the file"
+                    )
         if counts["prompts"] == 0:
-            raise ValueError(f"all {counts['rows']} prompts are longer than --max-prompt-length "
-                             f"{settings.max_prompt_length}; raise it or use --too-long truncate_left")
+            raise ValueError(
+                f"all {counts['rows']} prompts are longer than --max-prompt-length "
+                f"{settings.max_prompt_length}; raise it or use --too-long truncate_left"
+            )
         manifest = {
             "format": FORMAT,
             "sources": sources,
             "tokenizer": tokenizer_fingerprint(tok),
-            "template": {"name": settings.template, "sha256": hashlib.sha256(encoder.template_text.encode()).hexdigest(),
-                         "text": encoder.template_text},
+            "template": {
+                "name": settings.template,
+                "sha256": hashlib.sha256(encoder.template_text.encode()).hexdigest(),
+                "text": encoder.template_text,
+            },
             "settings": {**asdict(settings), "keys": settings.keys.columns()},
             "counts": counts,
             "examples": {k: v[:EXAMPLES] for k, v in examples.items()},
@@ -326,7 +391,9 @@ def prepare(inputs: list[str], output: str, tok, settings: Settings = Settings()
         with open(os.path.join(tmp, MANIFEST_FILE), "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=2, ensure_ascii=False)
             f.write("\n")
-        publish_dir(Path(tmp), output, lambda _: check_output(output, inputs, files, overwrite))  # checked again before a replace
+        publish_dir(
+            Path(tmp), output, lambda _: check_output(output, inputs, files, overwrite)
+        )  # checked again before a replace
         done = True
         return manifest
     finally:
@@ -339,33 +406,59 @@ def main(argv=None) -> int:
     p.add_argument("--input", nargs="+", required=True, help=".parquet/.jsonl/.json files or folders of shards")
     p.add_argument("--output", required=True, help="dataset folder to write (prompts.arrow + manifest.json)")
     p.add_argument("--tokenizer", required=True, help="Hugging Face fast-tokenizer directory")
-    p.add_argument("--map-keys", default=None,
-                   help='JSON {"prompt": col, "query": col, "system": col}; default {"prompt": "prompt"}')
-    p.add_argument("--template", choices=TEMPLATES, default="tokenizer",
-                   help="tokenizer: the tokenizer's chat template (what training renders); llama3: the built-in Llama-3 template")
+    p.add_argument(
+        "--map-keys",
+        default=None,
+        help='JSON {"prompt": col, "query": col, "system": col}; default {"prompt": "prompt"}',
+    )
+    p.add_argument(
+        "--template",
+        choices=TEMPLATES,
+        default="tokenizer",
+        help="tokenizer: the tokenizer's chat template (what training renders); llama3: the built-in Llama-3 template",
+    )
     p.add_argument("--max-prompt-length", type=int, default=None, help="longest prompt in tokens (default: no limit)")
-    p.add_argument("--too-long", choices=TOO_LONG, default="drop",
-                   help="over-long prompts: drop them, or cut the last user message from the left (default drop)")
+    p.add_argument(
+        "--too-long",
+        choices=TOO_LONG,
+        default="drop",
+        help="over-long prompts: drop them, or cut the last user message from the left (default drop)",
+    )
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
     p.add_argument("--chunk-rows", type=int, default=Settings.chunk_rows, help="rows per chunk / record batch")
-    p.add_argument("--engine", choices=ENGINES, default="auto", help="tokenizing engine (same ids; auto picks the fastest)")
+    p.add_argument(
+        "--engine", choices=ENGINES, default="auto", help="tokenizing engine (same ids; auto picks the fastest)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    from common.tokenizer import load_tokenizer
+    from common.prompts.tokenizer import load_tokenizer
 
     try:
-        settings = Settings(KeyMap.parse(args.map_keys), args.template, args.max_prompt_length, args.too_long, args.chunk_rows)
+        settings = Settings(
+            KeyMap.parse(args.map_keys), args.template, args.max_prompt_length, args.too_long, args.chunk_rows
+        )
         tok = load_tokenizer(args.tokenizer)
-        manifest = prepare(args.input, args.output, tok, settings, engine=args.engine, workers=args.workers,
-                           overwrite=args.overwrite, progress=not args.no_progress)
+        manifest = prepare(
+            args.input,
+            args.output,
+            tok,
+            settings,
+            engine=args.engine,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
     except ValueError as e:
         print(f"data.prepare: error: {e}", file=sys.stderr)
         return 2
     c = manifest["counts"]
-    print(f"{args.output}: {c['prompts']} prompts from {c['rows']} rows in {len(manifest['sources'])} file(s); "
-          f"{c['dropped_too_long']} dropped as too long, {c['truncated']} truncated; "
-          f"{c['tokens']} tokens, longest {c['max_length']}", file=sys.stderr)
+    print(
+        f"{args.output}: {c['prompts']} prompts from {c['rows']} rows in {len(manifest['sources'])} file(s); "
+        f"{c['dropped_too_long']} dropped as too long, {c['truncated']} truncated; "
+        f"{c['tokens']} tokens, longest {c['max_length']}",
+        file=sys.stderr,
+    )
     return 0
 
 

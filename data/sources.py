@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from common import jsonl
+from common.util import jsonl
 
 SUFFIXES = (".parquet", ".jsonl", ".json")
 
@@ -36,14 +36,18 @@ class KeyMap:
         try:
             mapping = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"--map-keys {text!r}: not JSON ({e.msg}); write it like "
-                             "'{\"prompt\": \"instruction\", \"query\": \"input\", \"system\": \"system\"}'") from e
+            raise ValueError(
+                f"--map-keys {text!r}: not JSON ({e.msg}); write it like "
+                '\'{"prompt": "instruction", "query": "input", "system": "system"}\''
+            ) from e
         if not isinstance(mapping, dict):
-            raise ValueError(f"--map-keys {text!r}: give a JSON object like '{{\"prompt\": \"question\"}}'")
+            raise ValueError(f'--map-keys {text!r}: give a JSON object like \'{{"prompt": "question"}}\'')
         unknown = sorted(set(mapping) - {"prompt", "query", "system"})
         if unknown:
-            raise ValueError(f"--map-keys: unknown key(s) {', '.join(unknown)}; valid keys are prompt, query, "
-                             "system (responses are not used: the policy writes them)")
+            raise ValueError(
+                f"--map-keys: unknown key(s) {', '.join(unknown)}; valid keys are prompt, query, "
+                "system (responses are not used: the policy writes them)"
+            )
         for key, column in mapping.items():
             if not isinstance(column, str) or not column:
                 raise ValueError(f"--map-keys: {key} -> {column!r}; map each key to a column name (a non-empty string)")
@@ -68,11 +72,15 @@ def resolve_inputs(paths: list[str]) -> list[str]:
     files = []
     for path in paths:
         if os.path.isdir(path):
-            shards = sorted(os.path.join(path, n) for n in os.listdir(path)
-                            if n.endswith(SUFFIXES) and os.path.isfile(os.path.join(path, n)))
+            shards = sorted(
+                os.path.join(path, n)
+                for n in os.listdir(path)
+                if n.endswith(SUFFIXES) and os.path.isfile(os.path.join(path, n))
+            )
             if not shards:
-                raise ValueError(f"input folder {path}: no .parquet, .jsonl or .json files in it; "
-                                 "point --input at the prompt files")
+                raise ValueError(
+                    f"input folder {path}: no .parquet, .jsonl or .json files in it; point --input at the prompt files"
+                )
             files += shards
         elif os.path.isfile(path):
             if not path.endswith(SUFFIXES):
@@ -108,8 +116,11 @@ def _is_text(t: pa.DataType) -> bool:
 
 
 def _is_messages(t: pa.DataType) -> bool:
-    return (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_struct(t.value_type) \
+    return (
+        (pa.types.is_list(t) or pa.types.is_large_list(t))
+        and pa.types.is_struct(t.value_type)
         and {"role", "content"} <= {f.name for f in t.value_type}
+    )
 
 
 def check_parquet_schema(path: str, schema: pa.Schema, keys: KeyMap) -> None:
@@ -117,12 +128,16 @@ def check_parquet_schema(path: str, schema: pa.Schema, keys: KeyMap) -> None:
     for key, column in keys.columns().items():
         if column not in names:
             mapped = "" if key == column else f" (mapped from {key})"
-            raise ValueError(f"{path}: no `{column}` column{mapped} (columns: {', '.join(names) or 'none'}); "
-                             f"rename the column or map it with --map-keys '{{\"{key}\": \"<column>\"}}'")
+            raise ValueError(
+                f"{path}: no `{column}` column{mapped} (columns: {', '.join(names) or 'none'}); "
+                f'rename the column or map it with --map-keys \'{{"{key}": "<column>"}}\''
+            )
         t = schema.field(column).type
         if key == "prompt" and not (_is_text(t) or _is_messages(t)):
-            raise ValueError(f"{path}: column `{column}` has type {t}; the prompt must be a string or a "
-                             "list of {role, content} structs")
+            raise ValueError(
+                f"{path}: column `{column}` has type {t}; the prompt must be a string or a "
+                "list of {role, content} structs"
+            )
         if key != "prompt" and not (_is_text(t) or pa.types.is_null(t)):
             raise ValueError(f"{path}: column `{column}` ({key}) has type {t}; it must be a string column")
 
@@ -161,12 +176,14 @@ def _json_chunks(path, file_index, chunk_rows):
             except UnicodeDecodeError as e:
                 raise ValueError(f"{path}: invalid UTF-8 at byte {e.start}; re-encode the file as UTF-8") from e
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
-                                 "fix the file or write it as JSON lines") from e
+                raise ValueError(
+                    f"{path}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
+                    "fix the file or write it as JSON lines"
+                ) from e
             if not array:
                 raise ValueError(f"{path}: the JSON array has zero rows; give at least one prompt")
             for start in range(0, len(array), chunk_rows):
-                yield Chunk(file_index, path, start + 1, "objects", array[start:start + chunk_rows])
+                yield Chunk(file_index, path, start + 1, "objects", array[start : start + chunk_rows])
             return
     lines, first_row, any_rows = [], 1, False
     for row, line in jsonl.iter_lines(path):  # split on b"\n" only; parsed in the workers (jsonl.loads)

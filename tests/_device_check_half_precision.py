@@ -4,18 +4,18 @@ half-precision sampling, reward, reference and checkpoint) without the GPU;
 tests/_half_precision_on_cpu.py says what it moves to get there.
 
     .venv/bin/python tests/_device_check_half_precision.py --device cpu --scale toy --out FILE.json
+
+`bench` and `common` import from the project's editable install (setup.sh), or, with the GPU
+machine's software (bench/device_rehearsal.sh), from the tree on PYTHONPATH.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 if __name__ == "__main__":
-    from tests._half_precision_on_cpu import install
+    from _half_precision_on_cpu import install  # tests/, this script's folder: sys.path[0]
 
     install()
     import bench.device_check as device_check

@@ -24,19 +24,25 @@ def free_port() -> int:
 
 
 def init_world(rank: int, world_size: int, port: int, tp: int, pp: int, threads: int) -> None:
-    from common import parallel
-    from common.device import resolve_device
+    from common.device.backend import resolve_device
+    from common.model import parallel
 
     device = resolve_device("cpu")
     device.setup_worker(threads)
     parallel.init_model_parallel(
-        rank=rank, world_size=world_size, master_addr="127.0.0.1", master_port=port,
-        device=device, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, seed=0,
+        rank=rank,
+        world_size=world_size,
+        master_addr="127.0.0.1",
+        master_port=port,
+        device=device,
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        seed=0,
     )
 
 
 def _entry(rank, world_size, port, tp, pp, fn, args, results):
-    from common import parallel
+    from common.model import parallel
 
     try:
         init_world(rank, world_size, port, tp, pp, threads=1)
@@ -74,15 +80,19 @@ def run_world(fn, *args, world_size: int, tp: int, pp: int = 1, timeout: float =
                     break
                 except queue.Empty:
                     # a rank that died without reporting (crash in start-up, signal) fails the call now
-                    dead = [(r, p.exitcode) for r, p in enumerate(procs) if p.exitcode not in (None, 0) and out[r] is None]
+                    dead = [
+                        (r, p.exitcode) for r, p in enumerate(procs) if p.exitcode not in (None, 0) and out[r] is None
+                    ]
                     if dead:
-                        raise RuntimeError(f"rank(s) exited without a result (rank, exit code): {dead}")
+                        raise RuntimeError(f"rank(s) exited without a result (rank, exit code): {dead}") from None
                     if all(p.exitcode is not None for p in procs):
                         gone_since = gone_since or time.monotonic()
                         if time.monotonic() - gone_since > 10:
-                            raise RuntimeError(f"all ranks exited but only {sum(o is not None for o in out)} of {world_size} reported")
+                            raise RuntimeError(
+                                f"all ranks exited but only {sum(o is not None for o in out)} of {world_size} reported"
+                            ) from None
                     if time.monotonic() > deadline:
-                        raise TimeoutError(f"world of {world_size} ranks did not finish in {timeout}s")
+                        raise TimeoutError(f"world of {world_size} ranks did not finish in {timeout}s") from None
             if not ok:
                 raise RuntimeError(f"rank {rank} failed:\n{payload}")
             out[rank] = torch.load(io.BytesIO(payload), weights_only=False)

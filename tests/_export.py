@@ -14,10 +14,10 @@ def check_export_matches(final: Path, hf_dir: Path, prompts: list[str], start) -
     actor. Needs a 1-rank Megatron world (conftest's ``world1``)."""
     import transformers
 
-    from common.convert import arch_from_path, load_checkpoint_into_model
-    from common.logprobs import causal_padding_mask
-    from common.model import build_policy
-    from common.tokenizer import load_tokenizer, render_prompt_ids
+    from common.model.llama import build_policy
+    from common.prompts.tokenizer import load_tokenizer, render_prompt_ids
+    from common.train.logprobs import causal_padding_mask
+    from common.weights.convert import arch_from_path, load_checkpoint_into_model
 
     arch, reward = arch_from_path(final)  # what every *.load= key does first
     assert not reward

@@ -39,7 +39,9 @@ def _stop_shared_ray():
     _shared_cluster.close()
 
 
-def run_recipe(recipe: str, out: Path, *overrides: str, cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_recipe(
+    recipe: str, out: Path, *overrides: str, cwd: Path = ROOT, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run ``./run.sh <recipe> --out <out> <overrides>`` as a user would, on the session's Ray
     cluster (``shared_ray_address``) unless ``env`` names another ``RAY_ADDRESS``."""
     return subprocess.run(
@@ -78,9 +80,8 @@ def short_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def world1():
     """A TP=1 Megatron world in this test process (for tests that build models in-process)."""
+    from common.model import parallel
     from tests._dist import free_port, init_world
-
-    from common import parallel
 
     init_world(rank=0, world_size=1, port=free_port(), tp=1, pp=1, threads=2)
     yield

@@ -1,10 +1,10 @@
-"""common/atomic_files.py: the one way files and folders are written (checkpoints, exports, datasets, run files)."""
+"""common/util/atomic_files.py: the one way files and folders are written (checkpoints, exports, datasets, run files)."""
 
 from __future__ import annotations
 
 import pytest
 
-from common.atomic_files import atomic_dir, publish_dir, temp_dir, temp_path, write_text
+from common.util.atomic_files import atomic_dir, publish_dir, temp_dir, temp_path, write_text
 
 
 def test_write_text_replaces_whole_file_and_leaves_no_temporary(tmp_path):

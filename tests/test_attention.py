@@ -1,4 +1,4 @@
-"""Fused SDPA core attention (common/attention.py) equals Megatron's dense-mask DotProductAttention.
+"""Fused SDPA core attention (common/model/attention.py) equals Megatron's dense-mask DotProductAttention.
 
 Run: .venv/bin/python -m pytest tests/test_attention.py -q
 """
@@ -14,8 +14,8 @@ def modules(world1):
     from megatron.core.transformer.dot_product_attention import DotProductAttention
     from megatron.core.transformer.enums import AttnMaskType
 
-    from common.attention import SDPAttention
-    from common.model import LlamaArch, _transformer_config
+    from common.model.attention import SDPAttention
+    from common.model.llama import LlamaArch, _transformer_config
 
     arch = LlamaArch(num_layers=1, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, num_query_groups=2,
                      vocab_size=256, max_position_embeddings=64)  # fmt: skip

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from common.config import load_config
+from common.config.load import load_config
 
 TINY = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "config.yaml"
 
@@ -40,7 +40,10 @@ def test_unknown_key_names_nearest_valid_keys(override, fragment):
 @pytest.mark.parametrize(
     "overrides, fragment",
     [
-        (["resource_pool.actor_rollout=3"], "resource_pool.actor_rollout - generate_devices=3 is not a positive multiple of TP x PP = 2 x 1"),
+        (
+            ["resource_pool.actor_rollout=3"],
+            "resource_pool.actor_rollout - generate_devices=3 is not a positive multiple of TP x PP = 2 x 1",
+        ),
         (["actor_rollout_ref.actor_rollout.max_prompt_length=96"], "must be < training.seq_length"),
         (["actor_rollout_ref.actor_rollout.temperature=0"], "temperature=0"),
         (["actor_rollout_ref.actor_rollout.top_p=1.5"], "top_p"),
@@ -52,7 +55,10 @@ def test_unknown_key_names_nearest_valid_keys(override, fragment):
         (["training.dtype=bf16"], "use training.dtype=fp32"),
         (["algorithm.loss_type=hinge"], "sigmoid, ipo"),
         (["reward.score_position=last"], "eos, before_eos"),
-        (["actor_rollout_ref.actor_rollout.tensor_model_parallel_size=4", "resource_pool.actor_rollout=4"], "TP=4 must divide"),
+        (
+            ["actor_rollout_ref.actor_rollout.tensor_model_parallel_size=4", "resource_pool.actor_rollout=4"],
+            "TP=4 must divide",
+        ),
         (["reward.function=nocolon"], "module:callable"),
         (["training.train_iters"], "not key=value"),
         (["resource_pool.colocate=[ref]"], "role ref (TP=1, PP=1) needs the actor's layout (TP=2, PP=1)"),
@@ -68,7 +74,7 @@ def test_validation_messages(overrides, fragment):
 
 
 def test_reward_function_drops_reward_role():
-    from common.config import roles_in_use
+    from common.config.roles import roles_in_use
 
     cfg = load_config(TINY, ["reward.function=mymod:fn"])
     assert roles_in_use(cfg) == ("actor_rollout", "ref")
@@ -76,7 +82,7 @@ def test_reward_function_drops_reward_role():
 
 
 def test_colocated_roles_take_the_actors_ranks():
-    from common.config import data_parallel_size, placed_roles, roles_in_use
+    from common.config.roles import data_parallel_size, placed_roles, roles_in_use
 
     tp2 = ["actor_rollout_ref.ref.tensor_model_parallel_size=2", "reward.tensor_model_parallel_size=2"]
     cfg = load_config(TINY, ["resource_pool.colocate=[ref,reward]", *tp2])

@@ -30,13 +30,24 @@ def _hf_model(kind: str):
     import transformers
 
     cfg = transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        rms_norm_eps=1e-5, tie_word_embeddings=kind == "tied", num_labels=1,
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=kind == "tied",
+        num_labels=1,
         # A short original context, so the llama3 scaling changes frequencies at test lengths.
         rope_parameters={
-            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
-            "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 32,
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 32,
         },
     )
     torch.manual_seed({"untied": 1, "tied": 2, "reward": 3}[kind])
@@ -64,7 +75,7 @@ def _hf_outputs(model) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def hf(tmp_path_factory):
     """kind -> (HF directory, expected outputs); plus CLI-made TP=1 checkpoints of each kind."""
-    from common.convert import import_hf
+    from common.weights.convert import import_hf
 
     root = tmp_path_factory.mktemp("hf")
     out = {}
@@ -81,7 +92,7 @@ def hf(tmp_path_factory):
 
 
 def _build(arch, reward):
-    from common.model import build_policy, build_reward_model
+    from common.model.llama import build_policy, build_reward_model
 
     build = build_reward_model if reward else build_policy
     return build(arch, dtype=torch.float32, seed=0)
@@ -93,7 +104,7 @@ def _forward(model, reward: bool) -> torch.Tensor | None:
     PP=2 the hidden states go from stage 0 to stage 1 by hand (a 2-rank world)."""
     from megatron.core import parallel_state
 
-    from common.logprobs import causal_padding_mask
+    from common.train.logprobs import causal_padding_mask
 
     ids = _ids()
     pos = torch.arange(ids.shape[1]).expand_as(ids)
@@ -118,8 +129,13 @@ def _trim(out: torch.Tensor | None) -> torch.Tensor | None:
 def world_scenario(hf_root: str, kinds: tuple, ckpt_out: str) -> dict:
     """On every rank of a TP=2 or PP=2 world: load each HF dir, the TP=1 checkpoints; gather the
     full HF state dicts; save this layout's checkpoints to `ckpt_out/<kind>`."""
-    from common.convert import arch_from_path, gather_full_state_dict, load_checkpoint_into_model, save_checkpoint
-    from common.hf_format import load_hf_into_model
+    from common.weights.convert import (
+        arch_from_path,
+        gather_full_state_dict,
+        load_checkpoint_into_model,
+        save_checkpoint,
+    )
+    from common.weights.hf_format import load_hf_into_model
 
     out = {}
     for kind in kinds:
@@ -145,7 +161,7 @@ def tp2(hf):
 @pytest.fixture(scope="module")
 def pp2(hf):
     # Tied embeddings with PP > 1 do not build on CPU (Megatron's embedding-group sync calls
-    # `.cuda()`, see common/megatron_cpu_patches.py); the offline re-shard test covers that layout.
+    # `.cuda()`, see common/device/megatron_cpu_patches.py); the offline re-shard test covers that layout.
     ckpts = hf["root"] / "pp2_ckpts"
     return run_world(world_scenario, str(hf["root"]), ("untied", "reward"), str(ckpts), world_size=2, tp=1, pp=2), ckpts
 
@@ -160,30 +176,53 @@ def _close(got, expected):
 def _llama32_1b_config() -> dict:
     """Meta's Llama-3.2-1B-Instruct config.json (architecture keys)."""
     return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 2048,
-        "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
-        "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256,
-        "max_position_embeddings": 131072, "rms_norm_eps": 1e-05, "rope_theta": 500000.0,
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 64,
+        "vocab_size": 128256,
+        "max_position_embeddings": 131072,
+        "rms_norm_eps": 1e-05,
+        "rope_theta": 500000.0,
         "rope_scaling": {
-            "factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
-            "original_max_position_embeddings": 8192, "rope_type": "llama3",
+            "factor": 32.0,
+            "high_freq_factor": 4.0,
+            "low_freq_factor": 1.0,
+            "original_max_position_embeddings": 8192,
+            "rope_type": "llama3",
         },
-        "tie_word_embeddings": True, "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
-        "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009], "torch_dtype": "bfloat16",
+        "tie_word_embeddings": True,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "bos_token_id": 128000,
+        "eos_token_id": [128001, 128008, 128009],
+        "torch_dtype": "bfloat16",
     }
 
 
 def test_arch_from_hf_config_and_back():
-    from common.hf_format import arch_from_hf_config, hf_config_from_arch
+    from common.weights.hf_format import arch_from_hf_config, hf_config_from_arch
 
     arch = arch_from_hf_config(_llama32_1b_config())
     assert (arch.num_layers, arch.hidden_size, arch.ffn_hidden_size) == (16, 2048, 8192)
     assert (arch.num_attention_heads, arch.num_query_groups, arch.vocab_size) == (32, 8, 128256)
     assert arch.tie_word_embeddings and arch.rope_scaling_factor == 32.0
     assert arch.rope_original_max_position_embeddings == 8192 and arch.rope_theta == 500000.0
-    llama3_8b = {**_llama32_1b_config(), "hidden_size": 4096, "intermediate_size": 14336,
-                 "num_hidden_layers": 32, "head_dim": 128, "max_position_embeddings": 8192,
-                 "rope_scaling": None, "tie_word_embeddings": False}
+    llama3_8b = {
+        **_llama32_1b_config(),
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "head_dim": 128,
+        "max_position_embeddings": 8192,
+        "rope_scaling": None,
+        "tie_word_embeddings": False,
+    }
     arch8 = arch_from_hf_config(llama3_8b)
     assert arch8.rope_scaling_factor is None and not arch8.tie_word_embeddings
     for a in (arch, arch8):
@@ -195,16 +234,19 @@ def test_arch_from_hf_config_and_back():
     assert arch_from_hf_config(tiny).rope_original_max_position_embeddings == 32
 
 
-@pytest.mark.parametrize("change, match", [
-    ({"model_type": "mistral"}, "model_type"),
-    ({"architectures": ["LlamaForTokenClassification"]}, "architectures"),
-    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope type 'yarn'"),
-    ({"attention_bias": True}, "attention_bias"),
-    ({"head_dim": 128}, "head_dim"),
-    ({"hidden_act": "gelu"}, "hidden_act"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"model_type": "mistral"}, "model_type"),
+        ({"architectures": ["LlamaForTokenClassification"]}, "architectures"),
+        ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope type 'yarn'"),
+        ({"attention_bias": True}, "attention_bias"),
+        ({"head_dim": 128}, "head_dim"),
+        ({"hidden_act": "gelu"}, "hidden_act"),
+    ],
+)
 def test_unsupported_configs_are_refused(change, match):
-    from common.hf_format import arch_from_hf_config
+    from common.weights.hf_format import arch_from_hf_config
 
     with pytest.raises(ValueError, match=match):
         arch_from_hf_config({**_llama32_1b_config(), **change})
@@ -212,7 +254,7 @@ def test_unsupported_configs_are_refused(change, match):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_full_mapping_round_trip_is_exact(kind):
-    from common.hf_format import arch_from_hf_config, full_to_hf, hf_to_full
+    from common.weights.hf_format import arch_from_hf_config, full_to_hf, hf_to_full
 
     model = _hf_model(kind)
     cfg = model.config.to_dict()
@@ -230,9 +272,9 @@ def test_offline_reshard_round_trip(kind, tmp_path):
     """full -> TP=2 x PP=2 files -> full, bit-exact; file contents match the layout's names."""
     from safetensors import safe_open
 
-    from common.convert import CheckpointReader, write_checkpoint
-    from common.hf_format import arch_from_hf_config, hf_to_full
-    from common.weight_layout import megatron_param_names
+    from common.model.weight_layout import megatron_param_names
+    from common.weights.convert import CheckpointReader, write_checkpoint
+    from common.weights.hf_format import arch_from_hf_config, hf_to_full
 
     model = _hf_model(kind)
     cfg = model.config.to_dict()
@@ -256,8 +298,8 @@ def test_offline_reshard_round_trip(kind, tmp_path):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_tp1_hf_load_matches_transformers(hf, world1, kind):
-    from common.convert import arch_from_path, load_into_model
-    from common.hf_format import load_hf_into_model
+    from common.weights.convert import arch_from_path, load_into_model
+    from common.weights.hf_format import load_hf_into_model
 
     hf_dir, expected = hf[kind]
     arch, reward = arch_from_path(hf_dir)
@@ -292,7 +334,7 @@ def test_pp2_matches_transformers(hf, pp2):
 def test_gathered_state_dict_equals_hf(hf, tp2, pp2, layout):
     ranks, _ = {"tp2": tp2, "pp2": pp2}[layout]
     assert ranks[1]["untied/gathered"] is None  # only global rank 0 gets it
-    for kind in (KINDS if layout == "tp2" else ("untied", "reward")):
+    for kind in KINDS if layout == "tp2" else ("untied", "reward"):
         gathered = ranks[0][f"{kind}/gathered"]
         model = _hf_model(kind)
         expected = {k: v for k, v in model.state_dict().items() if not (kind == "tied" and k == "lm_head.weight")}
@@ -303,10 +345,10 @@ def test_gathered_state_dict_equals_hf(hf, tp2, pp2, layout):
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["tp2", "pp2"])
 def test_saved_checkpoint_loads_at_tp1(hf, world1, tp2, pp2, layout):
-    from common.convert import CheckpointReader, load_checkpoint_into_model
+    from common.weights.convert import CheckpointReader, load_checkpoint_into_model
 
     _, ckpts = {"tp2": tp2, "pp2": pp2}[layout]
-    for kind in (KINDS if layout == "tp2" else ("untied", "reward")):
+    for kind in KINDS if layout == "tp2" else ("untied", "reward"):
         reader = CheckpointReader(ckpts / kind)
         assert (reader.tp, reader.pp) == ((2, 1) if layout == "tp2" else (1, 2))
         model = _build(reader.arch, reader.reward)
@@ -315,8 +357,8 @@ def test_saved_checkpoint_loads_at_tp1(hf, world1, tp2, pp2, layout):
 
 
 def test_load_refuses_wrong_kind_and_arch(hf, world1):
-    from common.convert import arch_from_path, load_checkpoint_into_model
-    from common.hf_format import load_hf_into_model
+    from common.weights.convert import arch_from_path, load_checkpoint_into_model
+    from common.weights.hf_format import load_hf_into_model
 
     arch, _ = arch_from_path(hf["untied"][0])
     policy = _build(arch, reward=False)
@@ -343,9 +385,17 @@ def test_cli_round_trip_is_bit_exact(hf, tmp_path, kind, tp, pp):
     from tools.convert_checkpoint import main
 
     hf_dir = hf[kind][0]
-    assert main(["hf-to-mcore", "--hf", str(hf_dir), "--out", str(tmp_path / "ckpt"), "--tp", str(tp), "--pp", str(pp)]) == 0
-    assert json.loads((tmp_path / "ckpt" / "meta.json").read_text())["kind"] == ("reward" if kind == "reward" else "policy")
-    assert main(["reshard", "--ckpt", str(tmp_path / "ckpt"), "--out", str(tmp_path / "re"), "--tp", "1", "--pp", "1"]) == 0
+    assert (
+        main(["hf-to-mcore", "--hf", str(hf_dir), "--out", str(tmp_path / "ckpt"), "--tp", str(tp), "--pp", str(pp)])
+        == 0
+    )
+    assert json.loads((tmp_path / "ckpt" / "meta.json").read_text())["kind"] == (
+        "reward" if kind == "reward" else "policy"
+    )
+    assert (
+        main(["reshard", "--ckpt", str(tmp_path / "ckpt"), "--out", str(tmp_path / "re"), "--tp", "1", "--pp", "1"])
+        == 0
+    )
     for ckpt in ("ckpt", "re"):
         assert main(["mcore-to-hf", "--ckpt", str(tmp_path / ckpt), "--out", str(tmp_path / f"{ckpt}_hf")]) == 0
         (tensors, config), (want_tensors, want_config) = _read_dir(tmp_path / f"{ckpt}_hf"), _read_dir(hf_dir)
@@ -359,8 +409,20 @@ def test_cli_round_trip_is_bit_exact(hf, tmp_path, kind, tp, pp):
 
 @pytest.mark.slow
 def test_cli_runs_as_a_module_and_validates_layout(hf, tmp_path):
-    cmd = [sys.executable, "-m", "tools.convert_checkpoint", "hf-to-mcore", "--hf", str(hf["untied"][0]),
-           "--out", str(tmp_path / "ckpt"), "--tp", "4", "--pp", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tools.convert_checkpoint",
+        "hf-to-mcore",
+        "--hf",
+        str(hf["untied"][0]),
+        "--out",
+        str(tmp_path / "ckpt"),
+        "--tp",
+        "4",
+        "--pp",
+        "1",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "convert_checkpoint: error: layout: TP=4 must divide" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -370,8 +432,12 @@ def test_cli_runs_as_a_module_and_validates_layout(hf, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "hf-to-mcore tp=2 pp=1" in proc.stderr  # the progress bar
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
-        "arch.json", "hf_config.json", "hf_generation_config.json", "meta.json",
-        "model_tp0_pp0.safetensors", "model_tp1_pp0.safetensors",
+        "arch.json",
+        "hf_config.json",
+        "hf_generation_config.json",
+        "meta.json",
+        "model_tp0_pp0.safetensors",
+        "model_tp1_pp0.safetensors",
     ]
 
 
@@ -381,7 +447,7 @@ def _tiny_tokenizer(path: Path) -> Path:
     import transformers
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-    from common.tokenizer import LLAMA3_CHAT_TEMPLATE
+    from common.prompts.tokenizer import LLAMA3_CHAT_TEMPLATE
 
     specials = ["<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"]
     tk = Tokenizer(models.BPE())
@@ -391,7 +457,10 @@ def _tiny_tokenizer(path: Path) -> Path:
     )
     tk.train_from_iterator(["the capital of France is Paris", "hello world"] * 20, trainer)
     fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tk, bos_token=specials[0], eos_token=specials[1], pad_token=specials[1],
+        tokenizer_object=tk,
+        bos_token=specials[0],
+        eos_token=specials[1],
+        pad_token=specials[1],
     )
     fast.chat_template = LLAMA3_CHAT_TEMPLATE
     fast.save_pretrained(path)
@@ -403,16 +472,21 @@ def test_exported_actor_loads_and_generates_with_transformers(hf, tp2, tmp_path)
     """A TP=2 model gathered on rank 0 -> save_hf with a tokenizer -> transformers."""
     import transformers
 
-    from common.convert import arch_from_path
-    from common.hf_format import hf_config_from_arch, save_hf
+    from common.weights.convert import arch_from_path
+    from common.weights.hf_format import hf_config_from_arch, save_hf
 
     ranks, _ = tp2
     arch, _ = arch_from_path(hf["untied"][0])
     tokenizer_dir = _tiny_tokenizer(tmp_path / "tok")
     out = tmp_path / "export"
     # max_shard_bytes small enough to force an index + several files
-    save_hf(out, ranks[0]["untied/gathered"], hf_config_from_arch(arch, reward=False), tokenizer_dir,
-            max_shard_bytes=200_000)
+    save_hf(
+        out,
+        ranks[0]["untied/gathered"],
+        hf_config_from_arch(arch, reward=False),
+        tokenizer_dir,
+        max_shard_bytes=200_000,
+    )
     assert (out / "model.safetensors.index.json").is_file()
     for name in ("tokenizer.json", "tokenizer_config.json", "config.json", "generation_config.json"):
         assert (out / name).is_file(), name
@@ -422,9 +496,13 @@ def test_exported_actor_loads_and_generates_with_transformers(hf, tp2, tmp_path)
     tok = transformers.AutoTokenizer.from_pretrained(out)
     assert tok.chat_template == transformers.AutoTokenizer.from_pretrained(tokenizer_dir).chat_template
     _close(_hf_outputs(model), hf["untied"][1])
-    prompt = torch.tensor([tok.apply_chat_template(
-        [{"role": "user", "content": "the capital of France"}], add_generation_prompt=True, tokenize=True
-    )["input_ids"]])
+    prompt = torch.tensor(
+        [
+            tok.apply_chat_template(
+                [{"role": "user", "content": "the capital of France"}], add_generation_prompt=True, tokenize=True
+            )["input_ids"]
+        ]
+    )
     greedy = model.generate(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False)
     assert greedy.shape == (1, prompt.shape[1] + 8)
     original = _hf_model("untied")
@@ -434,8 +512,8 @@ def test_exported_actor_loads_and_generates_with_transformers(hf, tp2, tmp_path)
 
 
 def test_save_hf_refuses_tokenizer_beyond_vocabulary(hf, tmp_path):
-    from common.convert import arch_from_path
-    from common.hf_format import hf_config_from_arch, save_hf
+    from common.weights.convert import arch_from_path
+    from common.weights.hf_format import hf_config_from_arch, save_hf
 
     arch, _ = arch_from_path(hf["untied"][0])
     tokenizer_dir = _tiny_tokenizer(tmp_path / "tok")
@@ -446,13 +524,14 @@ def test_save_hf_refuses_tokenizer_beyond_vocabulary(hf, tmp_path):
 
 # ------------------------------------------------------------------------------ real model (slow)
 
+
 @pytest.mark.slow
 def test_smollm2_real_model_round_trip(world1, tmp_path):
     import transformers
 
-    from common.convert import arch_from_path, export_hf, import_hf, load_checkpoint_into_model
-    from common.hf_format import load_hf_into_model, save_hf
-    from common.generation import generate
+    from common.generate.generation import generate
+    from common.weights.convert import arch_from_path, export_hf, import_hf, load_checkpoint_into_model
+    from common.weights.hf_format import load_hf_into_model, save_hf
 
     gguf = gguf_path()
     tok = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -479,8 +558,8 @@ def test_smollm2_real_model_round_trip(world1, tmp_path):
     assert not reward
     # 3 KV heads: TP=2 is not a valid layout for this model (TP must divide the KV heads).
     import_hf(tmp_path / "hf", tmp_path / "ckpt", tp=1, pp=1)
-    from common.logprobs import causal_padding_mask
-    from common.model import build_policy
+    from common.model.llama import build_policy
+    from common.train.logprobs import causal_padding_mask
 
     mask = causal_padding_mask(torch.ones_like(ids, dtype=torch.bool))
     pos = torch.arange(ids.shape[1])[None]
@@ -498,12 +577,18 @@ def test_smollm2_real_model_round_trip(world1, tmp_path):
     exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export", dtype=torch.float32).eval()
     out_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "export")
     assert out_tok.chat_template == tok.chat_template
-    answer_ids = exported.generate(ids, max_new_tokens=12, do_sample=False)[0, ids.shape[1]:].tolist()
+    answer_ids = exported.generate(ids, max_new_tokens=12, do_sample=False)[0, ids.shape[1] :].tolist()
     answer = out_tok.decode(answer_ids, skip_special_tokens=True)
     assert "Paris" in answer, answer  # it answers "The capital of France is Paris."
     # Megatron's own KV-cache greedy decoding gives the same tokens.
     ours = generate(
-        policy, [prompt], max_new_tokens=len(answer_ids), temperature=1.0, top_k=1, top_p=1.0,
-        eos_token_ids=[tok.eos_token_id], sample_keys=[0],
+        policy,
+        [prompt],
+        max_new_tokens=len(answer_ids),
+        temperature=1.0,
+        top_k=1,
+        top_p=1.0,
+        eos_token_ids=[tok.eos_token_id],
+        sample_keys=[0],
     )[0]
     assert ours == answer_ids[: len(ours)] and len(ours) >= 6

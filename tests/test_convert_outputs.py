@@ -15,8 +15,14 @@ def hf_dir(tmp_path_factory):
 
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(
-        vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True,
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
     )
     path = tmp_path_factory.mktemp("models") / "hf"
     transformers.LlamaForCausalLM(cfg).save_pretrained(path)
@@ -53,9 +59,16 @@ def test_out_equal_to_inside_or_around_the_input_is_refused(hf_dir, tmp_path, ca
     assert main(["hf-to-mcore", "--hf", str(hf_dir), "--out", str(ckpt)]) == 0
     saved = snapshot(ckpt)
     refused(capsys, ["mcore-to-hf", "--ckpt", str(ckpt), "--out", str(ckpt)], "is, contains or lies inside --ckpt")
-    refused(capsys, ["reshard", "--ckpt", str(ckpt), "--out", str(ckpt), "--tp", "2", "--pp", "1"], "is, contains or lies inside --ckpt")
-    refused(capsys, ["mcore-to-hf", "--ckpt", str(ckpt), "--out", str(tmp_path / "e"), "--tokenizer", str(tmp_path)],
-            "is, contains or lies inside --tokenizer")
+    refused(
+        capsys,
+        ["reshard", "--ckpt", str(ckpt), "--out", str(ckpt), "--tp", "2", "--pp", "1"],
+        "is, contains or lies inside --ckpt",
+    )
+    refused(
+        capsys,
+        ["mcore-to-hf", "--ckpt", str(ckpt), "--out", str(tmp_path / "e"), "--tokenizer", str(tmp_path)],
+        "is, contains or lies inside --tokenizer",
+    )
     assert snapshot(ckpt) == saved
 
 
@@ -71,8 +84,16 @@ def test_own_outputs_are_replaced_others_are_not(hf_dir, tmp_path, capsys):
     before = snapshot(hf_dir)
     other = tmp_path / "other"
     assert main(["hf-to-mcore", "--hf", str(hf_dir), "--out", str(other)]) == 0
-    refused(capsys, ["mcore-to-hf", "--ckpt", str(ckpt), "--out", str(other)], "is not only a Hugging Face folder written by mcore-to-hf")
-    refused(capsys, ["reshard", "--ckpt", str(ckpt), "--out", str(export), "--tp", "1", "--pp", "1"], "is not only a checkpoint")
+    refused(
+        capsys,
+        ["mcore-to-hf", "--ckpt", str(ckpt), "--out", str(other)],
+        "is not only a Hugging Face folder written by mcore-to-hf",
+    )
+    refused(
+        capsys,
+        ["reshard", "--ckpt", str(ckpt), "--out", str(export), "--tp", "1", "--pp", "1"],
+        "is not only a checkpoint",
+    )
     # a checkpoint a user added a file to
     (other / "notes.txt").write_text("mine")
     refused(capsys, ["reshard", "--ckpt", str(ckpt), "--out", str(other), "--tp", "1", "--pp", "1"], "notes.txt")
@@ -80,14 +101,17 @@ def test_own_outputs_are_replaced_others_are_not(hf_dir, tmp_path, capsys):
     assert snapshot(hf_dir) == before
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["hf-to-mcore", "--hf", "{tmp}/missing", "--out", "{tmp}/o"], "folder not found"),
-    (["hf-to-mcore", "--hf", "{hf}", "--out", "{tmp}/o", "--tp", "3"], "TP=3 must divide the 4 attention heads"),
-    (["hf-to-mcore", "--hf", "{hf}", "--out", "{tmp}/o", "--pp", "3"], "PP=3 must divide the 2 layers"),
-    (["mcore-to-hf", "--ckpt", "{tmp}", "--out", "{tmp}/o"], "no meta.json/arch.json"),
-    (["mcore-to-hf", "--ckpt", "{hf}", "--out", "{tmp}/o"], "is a Hugging Face model folder"),
-    (["hf-to-mcore", "--hf", "{hf}", "--out", "{file}"], "is a file"),
-])
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["hf-to-mcore", "--hf", "{tmp}/missing", "--out", "{tmp}/o"], "folder not found"),
+        (["hf-to-mcore", "--hf", "{hf}", "--out", "{tmp}/o", "--tp", "3"], "TP=3 must divide the 4 attention heads"),
+        (["hf-to-mcore", "--hf", "{hf}", "--out", "{tmp}/o", "--pp", "3"], "PP=3 must divide the 2 layers"),
+        (["mcore-to-hf", "--ckpt", "{tmp}", "--out", "{tmp}/o"], "no meta.json/arch.json"),
+        (["mcore-to-hf", "--ckpt", "{hf}", "--out", "{tmp}/o"], "is a Hugging Face model folder"),
+        (["hf-to-mcore", "--hf", "{hf}", "--out", "{file}"], "is a file"),
+    ],
+)
 def test_errors_are_argparse_style(hf_dir, tmp_path, capsys, argv, fragment):
     (tmp_path / "f.txt").write_text("x")
     fill = {"tmp": str(tmp_path), "hf": str(hf_dir), "file": str(tmp_path / "f.txt")}

@@ -1,4 +1,4 @@
-"""The blocked cross entropy (common/cross_entropy.py) gives Megatron-core's numbers bit for bit,
+"""The blocked cross entropy (common/device/cross_entropy.py) gives Megatron-core's numbers bit for bit,
 loss and gradient, with TP 1 and 2; and the CPU setup keeps freed memory for reuse."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def _both_ways(seed: int) -> dict:
     from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel.cross_entropy import vocab_parallel_cross_entropy as megatron_ce
 
-    from common.cross_entropy import blocked_vocab_parallel_cross_entropy
+    from common.device.cross_entropy import blocked_vocab_parallel_cross_entropy
 
     g = torch.Generator().manual_seed(seed)
     full = torch.randn(S, B, V, generator=g) * 4
@@ -60,7 +60,7 @@ def test_blocked_cross_entropy_is_megatrons_bit_for_bit_with_tp2():
 def test_cpu_setup_routes_megatron_models_through_it(world1):
     import megatron.core.tensor_parallel as tensor_parallel
 
-    from common.cross_entropy import blocked_vocab_parallel_cross_entropy
+    from common.device.cross_entropy import blocked_vocab_parallel_cross_entropy
 
     assert tensor_parallel.vocab_parallel_cross_entropy is blocked_vocab_parallel_cross_entropy
     with pytest.raises(ValueError, match="label_smoothing"):
@@ -70,7 +70,7 @@ def test_cpu_setup_routes_megatron_models_through_it(world1):
 _FAULTS = textwrap.dedent(
     """
     import resource, sys, torch
-    from common.device import keep_freed_memory
+    from common.device.backend import keep_freed_memory
     if sys.argv[1] == "keep":
         assert keep_freed_memory()
     def faults():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from common.dpo import dpo_losses, dpo_metrics
+from common.train.dpo import dpo_losses, dpo_metrics
 
 
 def test_sigmoid_loss_matches_hand_computation():

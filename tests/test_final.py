@@ -11,7 +11,6 @@ import json
 
 import pytest
 import torch
-
 from conftest import ROOT
 
 PROMPTS = ["What is the capital of France?", "Write a haiku about rain.", "hi"]
@@ -21,13 +20,16 @@ def test_final_checkpoint_is_written(short_run):
     final = short_run / "run" / "final"
     meta = json.loads((final / "meta.json").read_text())
     assert (meta["kind"], meta["tp"], meta["pp"]) == ("policy", 2, 1)
-    assert sorted(p.name for p in final.glob("*.safetensors")) == ["model_tp0_pp0.safetensors", "model_tp1_pp0.safetensors"]
+    assert sorted(p.name for p in final.glob("*.safetensors")) == [
+        "model_tp0_pp0.safetensors",
+        "model_tp1_pp0.safetensors",
+    ]
     assert not list((short_run / "run").glob(".final*"))  # no temporary left over
 
 
 def test_exported_hf_logits_match_the_project(short_run, world1):
-    from common.convert import arch_from_path
-    from common.model import build_policy
+    from common.model.llama import build_policy
+    from common.weights.convert import arch_from_path
     from tests._export import check_export_matches
 
     arch, _ = arch_from_path(short_run / "run" / "final")
@@ -41,8 +43,20 @@ def test_convert_cli_accepts_final(short_run, tmp_path):
 
     out = tmp_path / "hf2"
     proc = subprocess.run(
-        [sys.executable, "-m", "tools.convert_checkpoint", "mcore-to-hf", "--ckpt", str(short_run / "run" / "final"), "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "tools.convert_checkpoint",
+            "mcore-to-hf",
+            "--ckpt",
+            str(short_run / "run" / "final"),
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "config.json").is_file()
@@ -51,7 +65,7 @@ def test_convert_cli_accepts_final(short_run, tmp_path):
 def test_tensorboard_has_every_metric(short_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from common.outputs import read_jsonl
+    from common.run.outputs import read_jsonl
 
     rows = read_jsonl(short_run / "run" / "metrics.jsonl")
     acc = EventAccumulator(str(short_run / "run" / "tensorboard"))

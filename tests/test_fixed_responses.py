@@ -1,12 +1,12 @@
 """fixed_responses: stored responses replace generation, checked before Ray starts."""
 
 import pytest
-
-from common import jsonl
-from common.messages import prompt_text
-from common.outputs import read_jsonl
-from common.prompts import read_prompts
 from conftest import ROOT, run_recipe
+
+from common.prompts.dataset import read_prompts
+from common.prompts.messages import prompt_text
+from common.run.outputs import read_jsonl
+from common.util import jsonl
 
 PROMPTS = ROOT / "data" / "prompts" / "tiny_prompts.jsonl"
 
@@ -15,8 +15,13 @@ def write_fixed(path, per_prompt=2, skip_last=False):
     prompts = [prompt_text(p) for p in read_prompts(str(PROMPTS))]
     if skip_last:
         prompts = prompts[:-1]
-    jsonl.write(path, ({"prompt": p, "responses": [f"Answer {j} to prompt {i}: sure, here it is." for j in range(per_prompt)]}
-                       for i, p in enumerate(prompts)))
+    jsonl.write(
+        path,
+        (
+            {"prompt": p, "responses": [f"Answer {j} to prompt {i}: sure, here it is." for j in range(per_prompt)]}
+            for i, p in enumerate(prompts)
+        ),
+    )
     return prompts
 
 

@@ -11,14 +11,13 @@ from tests._dist import run_world
 
 def _fused_vs_plain(dtype_name: str) -> dict:
     import torch
-
-    from common.arch import LlamaArch
-    from common.device import Device, apply_megatron_fusions
-    from common.logprobs import token_logprobs
-    from common.model import build_policy
-
     from megatron.core.models.common.language_module import language_module
     from megatron.core.transformer import mlp
+
+    from common.config.arch import LlamaArch
+    from common.device.backend import Device, apply_megatron_fusions
+    from common.model.llama import build_policy
+    from common.train.logprobs import token_logprobs
 
     calls = {"swiglu": 0, "cross_entropy": 0}
 
@@ -61,7 +60,9 @@ def _fused_vs_plain(dtype_name: str) -> dict:
 def test_cuda_fusions_match_the_unfused_path(monkeypatch, dtype, logps_tol, grad_rtol):
     monkeypatch.setenv("TORCH_COMPILE_DISABLE", "1")  # inherited by the spawned rank
     (r,) = run_world(_fused_vs_plain, dtype, world_size=1, tp=1)
-    want = ["bias_activation_fusion"] + (["cross_entropy_fusion_impl", "cross_entropy_loss_fusion"] if dtype == "bfloat16" else [])
+    want = ["bias_activation_fusion"] + (
+        ["cross_entropy_fusion_impl", "cross_entropy_loss_fusion"] if dtype == "bfloat16" else []
+    )
     assert r["fusions"] == sorted(want)
     assert r["calls"] == {"swiglu": 2, "cross_entropy": 1 if dtype == "bfloat16" else 0}  # 2 layers, 1 forward
     assert r["logps"] <= logps_tol and r["grads"] <= grad_rtol, r

@@ -3,10 +3,10 @@ ranks before every rollout. With the same TP layout the run must repeat the colo
 bit (same seeds, same weights); with another TP the weights are re-sharded."""
 
 import pytest
-
-from common.expected_curve import compare, load_expected
-from common.outputs import read_jsonl
 from conftest import ROOT, run_recipe
+
+from common.run.expected_curve import compare, load_expected
+from common.run.outputs import read_jsonl
 
 pytestmark = pytest.mark.slow  # Ray runs of the tiny recipe (see pytest.ini)
 
@@ -15,8 +15,11 @@ pytestmark = pytest.mark.slow  # Ray runs of the tiny recipe (see pytest.ini)
 def same_tp_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gen") / "run"
     proc = run_recipe(
-        "tiny", out, "training.train_iters=3",
-        "resource_pool.actor_rollout=4", "actor_rollout_ref.actor_rollout.generate_devices=2",
+        "tiny",
+        out,
+        "training.train_iters=3",
+        "resource_pool.actor_rollout=4",
+        "actor_rollout_ref.actor_rollout.generate_devices=2",
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return out
@@ -34,8 +37,11 @@ def test_same_tp_generators_repeat_the_colocated_curve(same_tp_run):
 def test_generators_with_another_tp_get_resharded_weights(same_tp_run, tmp_path):
     out = tmp_path / "run"
     proc = run_recipe(
-        "tiny", out, "training.train_iters=3",
-        "resource_pool.actor_rollout=3", "actor_rollout_ref.actor_rollout.generate_devices=1",
+        "tiny",
+        out,
+        "training.train_iters=3",
+        "resource_pool.actor_rollout=3",
+        "actor_rollout_ref.actor_rollout.generate_devices=1",
         "actor_rollout_ref.actor_rollout.generate_tensor_model_parallel_size=1",
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

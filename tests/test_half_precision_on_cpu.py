@@ -12,10 +12,10 @@ import shutil
 import subprocess
 
 import pytest
+from conftest import ROOT
 from safetensors import safe_open
 
-from common.outputs import read_jsonl
-from conftest import ROOT
+from common.run.outputs import read_jsonl
 
 HALF_PRECISION_ENV = {"PYTHONPATH": str(ROOT / "tests" / "_half_precision_site"), "ODPO_HALF_PRECISION_ON_CPU": "1"}
 
@@ -24,7 +24,9 @@ def _run(*args: str, **env_extra: str) -> subprocess.CompletedProcess:
     # a private Ray instance (no RAY_ADDRESS): its workers start with this environment, the shared
     # test cluster's would not
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | HALF_PRECISION_ENV | env_extra
-    return subprocess.run([str(ROOT / "run.sh"), "tiny", *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    return subprocess.run(
+        [str(ROOT / "run.sh"), "tiny", *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=900
+    )
 
 
 def _untimed(row: dict) -> str:
@@ -43,7 +45,15 @@ def _dtypes(folder) -> set[str]:
 @pytest.mark.slow
 def test_tiny_recipe_trains_resumes_and_exports_in_bf16(tmp_path):
     out, hf = tmp_path / "run", tmp_path / "hf"
-    proc = _run("--out", str(out), "training.dtype=bf16", "training.train_iters=3", "training.save_interval=2", "--export-hf", str(hf))
+    proc = _run(
+        "--out",
+        str(out),
+        "training.dtype=bf16",
+        "training.train_iters=3",
+        "training.save_interval=2",
+        "--export-hf",
+        str(hf),
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3]
@@ -72,7 +82,14 @@ def test_fp16_skips_overflowing_steps_until_the_loss_scale_fits_then_trains(tmp_
     and the gradient norm is the true one (the loss is scaled by the schedules and the gradients
     unscaled by the optimizer: a norm 2^k too small would mean the scale never reached the loss)."""
     out = tmp_path / "run"
-    proc = _run("--out", str(out), "training.dtype=fp16", "training.train_iters=16", "training.save_interval=10", ODPO_INITIAL_LOSS_SCALE=str(2.0**30))
+    proc = _run(
+        "--out",
+        str(out),
+        "training.dtype=fp16",
+        "training.train_iters=16",
+        "training.save_interval=10",
+        ODPO_INITIAL_LOSS_SCALE=str(2.0**30),
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     rows = read_jsonl(out / "metrics.jsonl")
     assert len(rows) == 16 and all(r["skipped_steps"] in (0, 1) for r in rows)

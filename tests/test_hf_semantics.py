@@ -38,10 +38,10 @@ def _ids():
 
 
 def _ours(hf_dir, freeze: bool):
-    from common.convert import arch_from_path
-    from common.hf_format import load_hf_into_model
-    from common.hf_semantics import pad_token_id, source_hf_config, stop_lookup_gradient
-    from common.model import build_policy
+    from common.model.llama import build_policy
+    from common.weights.convert import arch_from_path
+    from common.weights.hf_format import load_hf_into_model
+    from common.weights.hf_semantics import pad_token_id, source_hf_config, stop_lookup_gradient
 
     arch, _ = arch_from_path(hf_dir)
     model = build_policy(arch, dtype=torch.float32, seed=0)
@@ -53,7 +53,7 @@ def _ours(hf_dir, freeze: bool):
 
 
 def _embedding_grad_ours(model) -> torch.Tensor:
-    from common.logprobs import causal_padding_mask
+    from common.train.logprobs import causal_padding_mask
 
     ids = _ids()
     pos = torch.arange(ids.shape[1]).expand_as(ids)

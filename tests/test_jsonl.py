@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from common import jsonl
-from common.prompts import load_fixed_responses, read_prompts
+from common.prompts.dataset import load_fixed_responses, read_prompts
+from common.util import jsonl
 
 SEPARATORS = "a\u2028b\u2029c\u0085d"
 
@@ -13,7 +13,10 @@ SEPARATORS = "a\u2028b\u2029c\u0085d"
 def test_reader_keeps_unicode_line_separators_inside_strings(tmp_path):
     path = tmp_path / "p.jsonl"
     # written raw (ensure_ascii=False), as other tools write them
-    path.write_text(json.dumps({"prompt": SEPARATORS}, ensure_ascii=False) + "\n\n" + json.dumps({"prompt": "x"}) + "\r\n", encoding="utf-8")
+    path.write_text(
+        json.dumps({"prompt": SEPARATORS}, ensure_ascii=False) + "\n\n" + json.dumps({"prompt": "x"}) + "\r\n",
+        encoding="utf-8",
+    )
     assert SEPARATORS.splitlines() != [SEPARATORS]  # what str.splitlines would have broken
     assert list(jsonl.read(path)) == [(1, {"prompt": SEPARATORS}), (3, {"prompt": "x"})]
     assert read_prompts(str(path)) == [SEPARATORS, "x"]
@@ -35,7 +38,10 @@ def test_writer_escapes_them_and_round_trips(tmp_path):
 
 def test_fixed_responses_with_separators(tmp_path):
     path = tmp_path / "fixed.jsonl"
-    path.write_text(json.dumps({"prompt": SEPARATORS, "responses": ["r\u20281", "r\u00852"]}, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.write_text(
+        json.dumps({"prompt": SEPARATORS, "responses": ["r\u20281", "r\u00852"]}, ensure_ascii=False) + "\n",
+        encoding="utf-8",
+    )
     assert load_fixed_responses(str(path)) == {SEPARATORS: ["r\u20281", "r\u00852"]}
 
 

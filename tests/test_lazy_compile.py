@@ -1,4 +1,4 @@
-"""common/lazy_compile.py: a process that never compiles never imports torch._dynamo, and what runs
+"""common/device/lazy_compile.py: a process that never compiles never imports torch._dynamo, and what runs
 is what torch would run. Each check runs in a fresh interpreter (this one has imported everything)."""
 
 import json
@@ -55,8 +55,10 @@ ORDERS = {
 
 
 def test_importing_common_imports_no_torch_and_torch_s_compile_is_lazy_whoever_imports_it():
-    """``import common`` stays light (./run.sh starts Ray before torch loads: common/launch.py); the
+    """``import common`` stays light (./run.sh starts Ray before torch loads: common/run/launch.py); the
     lazy ``torch.compile`` is in place as soon as torch's own import ends, before Megatron's code runs."""
     for order, code in ORDERS.items():
-        out = fresh(f"import json, sys\n{code}\nimport common.lazy_compile as lc\nprint(json.dumps({{'before': before, 'lazy': torch.compile is lc.lazy_compile}}))")
+        out = fresh(
+            f"import json, sys\n{code}\nimport common.device.lazy_compile as lc\nprint(json.dumps({{'before': before, 'lazy': torch.compile is lc.lazy_compile}}))"
+        )
         assert out == {"before": order == "torch first", "lazy": True}, order

@@ -3,9 +3,9 @@ and the tiny model learns from it: the mean reward of the last iterations is cle
 first ones."""
 
 import pytest
-
-from common.outputs import read_jsonl
 from conftest import run_recipe
+
+from common.run.outputs import read_jsonl
 
 pytestmark = pytest.mark.slow  # Ray runs of the tiny recipe (see pytest.ini)
 
@@ -22,8 +22,12 @@ def test_user_reward_function_and_learning(tmp_path):
     # top_k keeps the random policy's samples among its own top tokens, so preferences move them
     # within a few iterations (with full-vocabulary sampling a 2-layer random model learns far slower)
     proc = run_recipe(
-        "tiny", out, "reward.function=myrewards:ascii_letters", "training.train_iters=24",
-        "actor_rollout_ref.actor_rollout.top_k=20", cwd=tmp_path,
+        "tiny",
+        out,
+        "reward.function=myrewards:ascii_letters",
+        "training.train_iters=24",
+        "actor_rollout_ref.actor_rollout.top_k=20",
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     rows = read_jsonl(out / "metrics.jsonl")

@@ -5,18 +5,26 @@ import math
 
 import pytest
 import torch
-
-from common.outputs import read_jsonl
 from conftest import run_recipe
+
+from common.run.outputs import read_jsonl
 
 
 def tiny_hf(path, *, reward: bool):
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
     cfg = LlamaConfig(
-        vocab_size=128256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, rope_theta=500000.0, tie_word_embeddings=not reward,
-        num_labels=1, pad_token_id=128009,
+        vocab_size=128256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rope_theta=500000.0,
+        tie_word_embeddings=not reward,
+        num_labels=1,
+        pad_token_id=128009,
     )
     torch.manual_seed(3 if reward else 2)
     model = (LlamaForSequenceClassification if reward else LlamaForCausalLM)(cfg)
@@ -34,7 +42,9 @@ def hf_dirs(tmp_path_factory):
 def test_recipe_runs_from_hf_weights(hf_dirs, tmp_path):
     policy, reward = hf_dirs
     out = tmp_path / "run"
-    proc = run_recipe("tiny", out, f"actor_rollout_ref.actor_rollout.load={policy}", f"reward.load={reward}", "training.train_iters=2")
+    proc = run_recipe(
+        "tiny", out, f"actor_rollout_ref.actor_rollout.load={policy}", f"reward.load={reward}", "training.train_iters=2"
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     rows = read_jsonl(out / "metrics.jsonl")
     assert abs(rows[0]["loss"] - math.log(2)) < 1e-4  # the reference loaded the same weights

@@ -8,7 +8,6 @@ world that computes the same scenario, and the tests compare the two.
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
@@ -16,16 +15,22 @@ from tests._dist import run_world
 
 VOCAB = 1000  # padded to 1024 inside: exercises the padded-id masking
 ARCH = dict(
-    num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, num_query_groups=2,
-    vocab_size=VOCAB, max_position_embeddings=256,
+    num_layers=2,
+    hidden_size=64,
+    ffn_hidden_size=128,
+    num_attention_heads=4,
+    num_query_groups=2,
+    vocab_size=VOCAB,
+    max_position_embeddings=256,
     # Llama-3 scaling with a short original context, so it changes frequencies at test lengths.
-    rope_scaling_factor=8.0, rope_original_max_position_embeddings=32,
+    rope_scaling_factor=8.0,
+    rope_original_max_position_embeddings=32,
 )
 PROMPT_LENGTHS = (5, 9, 3, 12)
 
 
 def _arch(**overrides):
-    from common.model import LlamaArch
+    from common.model.llama import LlamaArch
 
     return LlamaArch(**{**ARCH, **overrides})
 
@@ -45,12 +50,22 @@ def _hf_llama(tie: bool, seq_cls: bool = False):
     import transformers
 
     cfg = transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        rms_norm_eps=1e-5, tie_word_embeddings=tie, num_labels=1,
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=tie,
+        num_labels=1,
         rope_parameters={
-            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
-            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
             "original_max_position_embeddings": 32,
         },
     )
@@ -61,9 +76,9 @@ def _hf_llama(tie: bool, seq_cls: bool = False):
 
 def scenario() -> dict:
     """Everything the TP comparisons look at, computed on this rank's world."""
-    from common.generation import generate
-    from common.logprobs import causal_padding_mask, token_logprobs
-    from common.model import build_policy, build_reward_model, load_hf_llama_state_dict
+    from common.generate.generation import generate
+    from common.model.llama import build_policy, build_reward_model, load_hf_llama_state_dict
+    from common.train.logprobs import causal_padding_mask, token_logprobs
 
     arch = _arch()
     ids_BT, valid_BT, prompts = _batch()
@@ -81,7 +96,9 @@ def scenario() -> dict:
     keys = _keys(len(prompts), 5)
     out["greedy"] = generate(policy, prompts, temperature=1.0, top_k=1, sample_keys=keys, **gen)
     out["sampled"] = generate(policy, prompts, temperature=0.9, top_k=0, sample_keys=keys, **gen)
-    out["sampled_static"] = generate(policy, prompts, temperature=0.9, top_k=0, sample_keys=keys, decode="static", **gen)
+    out["sampled_static"] = generate(
+        policy, prompts, temperature=0.9, top_k=0, sample_keys=keys, decode="static", **gen
+    )
     out["layer0"] = {
         name: p.detach().clone()
         for name, p in policy.named_parameters()
@@ -99,7 +116,7 @@ def scenario() -> dict:
 def _rollout_like():
     """Sequences as a rollout has them: 2 responses per prompt (different lengths, one ending in
     EOS at its first token), prompts of 1 to 12 tokens; with their score positions."""
-    from common.sequences import Sequence, score_positions
+    from common.train.sequences import Sequence, score_positions
 
     g = torch.Generator().manual_seed(9)
     eos = VOCAB - 1
@@ -112,11 +129,11 @@ def _rollout_like():
 
 
 def _shared_and_full_scores(reward):
-    """common.reward_forward's scores (one group, and one prompt per group) and the full forward's
+    """common.reward.forward's scores (one group, and one prompt per group) and the full forward's
     scores at the same positions."""
-    from common.logprobs import causal_padding_mask
-    from common.reward_forward import shared_prompt_scores
-    from common.sequences import pad_batch
+    from common.reward.forward import shared_prompt_scores
+    from common.train.logprobs import causal_padding_mask
+    from common.train.sequences import pad_batch
 
     seqs, positions = _rollout_like()
     b = pad_batch(seqs)
@@ -124,7 +141,9 @@ def _shared_and_full_scores(reward):
     with torch.no_grad():
         full_BT = reward(b.ids_BT, torch.arange(T).expand(len(seqs), T), causal_padding_mask(b.valid_BT))
     full = torch.stack([full_BT[torch.arange(len(seqs)), torch.tensor(p)] for p in positions])
-    shared = torch.tensor([[shared_prompt_scores(reward, seqs, p, max_rows) for p in positions] for max_rows in (16, 2)])
+    shared = torch.tensor(
+        [[shared_prompt_scores(reward, seqs, p, max_rows) for p in positions] for max_rows in (16, 2)]
+    )
     return shared, full
 
 
@@ -140,7 +159,7 @@ def tp2():
 
 @pytest.fixture(scope="module")
 def policy(world1):
-    from common.model import build_policy
+    from common.model.llama import build_policy
 
     return build_policy(_arch(), dtype=torch.float32, seed=0)
 
@@ -149,7 +168,7 @@ def policy(world1):
 
 
 def test_device_resolution_and_dtype():
-    from common.device import resolve_device
+    from common.device.backend import resolve_device
 
     cpu = resolve_device("cpu")
     assert (cpu.kind, cpu.backend, cpu.ray_resource) == ("cpu", "gloo", None)
@@ -172,7 +191,7 @@ def test_half_precision_models_have_one_dtype(world1, dtype):
     too (Megatron's local spec builds them in fp32; its own training casts the model afterwards):
     Megatron's mixed-precision optimizer keeps fp32 main copies of half-precision weights only,
     and torch's fused RMSNorm needs one dtype for input and weight."""
-    from common.model import build_policy, build_reward_model
+    from common.model.llama import build_policy, build_reward_model
 
     for model in (build_policy(_arch(), dtype=dtype, seed=0), build_reward_model(_arch(), dtype=dtype, seed=1)):
         dtypes = {name: p.dtype for name, p in model.named_parameters()}
@@ -187,19 +206,31 @@ def test_llama3_rope_scaling_matches_transformers():
     import transformers
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    from common.model import LlamaArch, llama3_inv_freq
+    from common.model.llama import LlamaArch, llama3_inv_freq
 
     arch = LlamaArch(
-        num_layers=1, hidden_size=2048, ffn_hidden_size=8192, num_attention_heads=32,
-        num_query_groups=8, vocab_size=128256, max_position_embeddings=131072,
-        rope_scaling_factor=32.0, rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,
+        num_layers=1,
+        hidden_size=2048,
+        ffn_hidden_size=8192,
+        num_attention_heads=32,
+        num_query_groups=8,
+        vocab_size=128256,
+        max_position_embeddings=131072,
+        rope_scaling_factor=32.0,
+        rope_low_freq_factor=1.0,
+        rope_high_freq_factor=4.0,
         rope_original_max_position_embeddings=8192,
     )
     cfg = transformers.LlamaConfig(
-        hidden_size=2048, num_attention_heads=32, max_position_embeddings=131072,
+        hidden_size=2048,
+        num_attention_heads=32,
+        max_position_embeddings=131072,
         rope_parameters={
-            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0,
-            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 32.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
             "original_max_position_embeddings": 8192,
         },
     )
@@ -214,7 +245,7 @@ def test_llama3_rope_scaling_matches_transformers():
 
 
 def _keys(n: int, salt: int) -> list[int]:
-    from common.sampling import sample_key
+    from common.generate.sampling import sample_key
 
     return [sample_key(salt, row) for row in range(n)]
 
@@ -224,7 +255,7 @@ def _frequencies(ids_B: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def test_keyed_sampler_reproduces_distribution():
-    from common.sampling import sample_tokens
+    from common.generate.sampling import sample_tokens
 
     # 130 ids: two blocks of the two-level draw, the second holding two likely ids
     p = torch.zeros(130)
@@ -247,7 +278,7 @@ def test_keyed_sampler_reproduces_distribution():
 
 
 def test_keyed_sampler_is_a_function_of_key_and_position():
-    from common.sampling import sample_tokens
+    from common.generate.sampling import sample_tokens
 
     logits_BV = torch.randn(6, 1000, generator=torch.Generator().manual_seed(0))
     keys_B = torch.tensor(_keys(6, 1))
@@ -264,15 +295,20 @@ def test_keyed_sampler_is_a_function_of_key_and_position():
     vocab_major_BV = logits_BV[:, :896].t().contiguous().t()  # 896 = 7 blocks of 128
     assert vocab_major_BV.stride() == (1, 6)
     for temperature in (1.0, 0.7):
-        row_major = sample_tokens(logits_BV[:, :896].contiguous(), keys_B=keys_B, position=3, temperature=temperature, top_k=0, top_p=1.0)
-        assert torch.equal(sample_tokens(vocab_major_BV, keys_B=keys_B, position=3, temperature=temperature, top_k=0, top_p=1.0), row_major)
+        row_major = sample_tokens(
+            logits_BV[:, :896].contiguous(), keys_B=keys_B, position=3, temperature=temperature, top_k=0, top_p=1.0
+        )
+        assert torch.equal(
+            sample_tokens(vocab_major_BV, keys_B=keys_B, position=3, temperature=temperature, top_k=0, top_p=1.0),
+            row_major,
+        )
     # other positions and other keys draw other noise
     assert not torch.equal(sample_tokens(logits_BV, keys_B=keys_B, position=4, **kw), ids_B)
     assert not torch.equal(sample_tokens(logits_BV, keys_B=keys_B + 1, position=3, **kw), ids_B)
 
 
 def test_top_k_and_top_p_filters():
-    from common.sampling import sample_tokens
+    from common.generate.sampling import sample_tokens
 
     p = torch.tensor([0.4, 0.25, 0.15, 0.1, 0.06, 0.04])
     logits_BV = p.log().expand(50_000, -1).contiguous()
@@ -297,7 +333,7 @@ def test_top_k_and_top_p_filters():
 
 
 def test_token_logprobs_match_naive_log_softmax(policy):
-    from common.logprobs import causal_padding_mask, token_logprobs
+    from common.train.logprobs import causal_padding_mask, token_logprobs
 
     ids_BT, valid_BT, _ = _batch()
     logps_BT1 = token_logprobs(policy, ids_BT, valid_BT)
@@ -311,13 +347,11 @@ def test_token_logprobs_match_naive_log_softmax(policy):
             logits_1NV = policy(ids_1N, torch.arange(n)[None], mask)[..., :VOCAB]
             naive_N1 = logits_1NV.log_softmax(-1)[0, :-1].gather(-1, ids_1N[0, 1:, None])[:, 0]
             # Each row alone, unpadded, equals its padded-batch result.
-            torch.testing.assert_close(
-                logps_BT1[row][target_valid_BT1[row]], naive_N1, atol=1e-5, rtol=0
-            )
+            torch.testing.assert_close(logps_BT1[row][target_valid_BT1[row]], naive_N1, atol=1e-5, rtol=0)
 
 
 def test_token_logprobs_differentiable_and_trimmed(policy):
-    from common.logprobs import token_logprobs
+    from common.train.logprobs import token_logprobs
 
     ids_BT, valid_BT, _ = _batch()
     # Extra all-padding columns change nothing (the computation is trimmed to the longest row).
@@ -343,7 +377,7 @@ def test_token_logprobs_differentiable_and_trimmed(policy):
 
 
 def _greedy_without_cache(policy, prompt, max_new_tokens, eos):
-    from common.logprobs import causal_padding_mask
+    from common.train.logprobs import causal_padding_mask
 
     ids = list(prompt)
     with torch.no_grad():
@@ -359,16 +393,22 @@ def _greedy_without_cache(policy, prompt, max_new_tokens, eos):
 
 @pytest.mark.parametrize("tied", [False, True])
 def test_greedy_kv_cache_equals_full_forward(policy, tied):
-    from common.generation import generate
-    from common.model import build_policy
+    from common.generate.generation import generate
+    from common.model.llama import build_policy
 
     if tied:
         policy = build_policy(_arch(tie_word_embeddings=True), dtype=torch.float32, seed=4)
     _, _, prompts = _batch()
     eos = [VOCAB + 5]  # never generated: a padded id
     out = generate(
-        policy, prompts, max_new_tokens=10, temperature=1.0, top_k=1, top_p=1.0,
-        eos_token_ids=eos, sample_keys=_keys(len(prompts), 0),
+        policy,
+        prompts,
+        max_new_tokens=10,
+        temperature=1.0,
+        top_k=1,
+        top_p=1.0,
+        eos_token_ids=eos,
+        sample_keys=_keys(len(prompts), 0),
     )
     assert out == [_greedy_without_cache(policy, p, 10, eos) for p in prompts]
     assert policy.training  # generate restores the mode it found
@@ -382,13 +422,22 @@ def test_static_decode_step_gives_the_eager_tokens(policy, top_k, monkeypatch):
     Megatron allocates (torch.empty) holds NaN, as fresh device memory can."""
     from megatron.core.transformer.attention import Attention
 
-    from common.generation import generate
+    from common.generate.generation import generate
 
     allocate = Attention._allocate_memory
-    monkeypatch.setattr(Attention, "_allocate_memory", lambda self, *a, **k: allocate(self, *a, **k).fill_(float("nan")))
+    monkeypatch.setattr(
+        Attention, "_allocate_memory", lambda self, *a, **k: allocate(self, *a, **k).fill_(float("nan"))
+    )
     _, _, prompts = _batch()  # of different lengths: left-padded
     prompts = [p for p in prompts for _ in range(2)]  # two samples per prompt: the shared prefill
-    kw = dict(max_new_tokens=10, temperature=1.0, top_k=top_k, top_p=1.0, eos_token_ids=[VOCAB + 5], sample_keys=_keys(len(prompts), 3))
+    kw = dict(
+        max_new_tokens=10,
+        temperature=1.0,
+        top_k=top_k,
+        top_p=1.0,
+        eos_token_ids=[VOCAB + 5],
+        sample_keys=_keys(len(prompts), 3),
+    )
     eager = generate(policy, prompts, decode="eager", **kw)
     assert generate(policy, prompts, decode="static", **kw) == eager
     assert generate(policy, prompts, **kw) == eager  # "auto" on CPU: eager
@@ -400,7 +449,7 @@ def test_static_decode_step_gives_the_eager_tokens(policy, top_k, monkeypatch):
 @pytest.mark.parametrize("read_copy", [False, True])  # W_VH as it is, or its [H, V] copy
 @pytest.mark.parametrize("rows", [4, 16])
 def test_generation_output_layer_gives_the_models_logits(policy, rows, read_copy, monkeypatch):
-    from common import generation
+    from common.generate import generation
 
     V, H = policy.output_layer.weight.shape
     monkeypatch.setitem(generation._READ_COPY, (rows, V, H), read_copy)
@@ -414,7 +463,7 @@ def test_generation_output_layer_gives_the_models_logits(policy, rows, read_copy
 
 
 def test_generation_output_layer_layout_is_measured_once_per_row_count(policy, monkeypatch):
-    from common import generation
+    from common.generate import generation
 
     V, H = policy.output_layer.weight.shape
     monkeypatch.setattr(generation, "_READ_COPY", {})
@@ -425,13 +474,41 @@ def test_generation_output_layer_layout_is_measured_once_per_row_count(policy, m
             logits_SBV, _ = policy.output_layer(torch.randn(1, rows, H))
             assert logits_SBV.shape == (1, rows, V)
     assert timed == [3, 5] and generation._READ_COPY == {(3, V, H): False, (5, V, H): True}
-    monkeypatch.undo()  # the real timing answers a plain bool
+
+
+@pytest.mark.parametrize(
+    "as_is, copy, expected",
+    [
+        ((3.0, 1.0, 5.0), (0.8, 2.0, 0.9), True),  # best 0.8 x COPY_MARGIN 1.2 = 0.96 < best 1.0
+        ((1.0, 3.0, 5.0), (0.85, 0.9, 2.0), False),  # faster, but 0.85 x 1.2 = 1.02 > 1.0: not by the margin
+        ((0.5, 3.0, 3.0), (1.0, 1.0, 1.0), False),  # slower everywhere but in one round: the best counts
+    ],
+)
+def test_generation_output_layer_copy_is_read_where_its_best_time_beats_the_weights_by_the_margin(
+    policy, monkeypatch, as_is, copy, expected
+):
+    """``_copy_is_faster`` on the model's real weight and its [H, V] copy, with a clock that makes
+    each product take a chosen time (rounds interleaved: as it is, then the copy): True only where the
+    copy's best time x COPY_MARGIN is below the weight's best time."""
+    import types
+
+    from common.generate import generation
+
+    assert generation.COPY_MARGIN == 1.2  # the cases above are worked out for this margin
+    ticks, now = [], 0.0
+    for durations in zip(as_is, copy):
+        for d in durations:
+            ticks += [now, now + d]
+            now += d + 10.0
+    clock = iter(ticks)
+    monkeypatch.setattr(generation, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
     weight_VH = policy.output_layer.weight
-    assert generation._copy_is_faster(weight_VH, weight_VH.t().contiguous(), 4) in (False, True)
+    assert generation._copy_is_faster(weight_VH, weight_VH.t().contiguous(), 4, rounds=3) is expected
+    assert next(clock, None) is None  # three rounds of two timed products: every tick read
 
 
 def test_eos_stops_row_and_is_kept(policy):
-    from common.generation import generate
+    from common.generate.generation import generate
 
     _, _, prompts = _batch()
     kw = dict(temperature=1.0, top_k=1, top_p=1.0, sample_keys=_keys(len(prompts), 0))
@@ -449,7 +526,7 @@ def test_eos_stops_row_and_is_kept(policy):
 
 
 def test_sampling_is_seeded_and_never_picks_padded_ids(policy):
-    from common.generation import generate
+    from common.generate.generation import generate
 
     _, _, prompts = _batch()
     kw = dict(max_new_tokens=16, top_k=0, top_p=1.0, eos_token_ids=[VOCAB + 5])
@@ -468,7 +545,7 @@ def test_sampling_is_seeded_and_never_picks_padded_ids(policy):
 def test_samples_of_a_prompt_share_its_prefill(policy):
     """Repeated prompts are prefilled once and their KV-cache rows copied: every row samples exactly
     what it samples alone (greedy and sampled, prompts of unequal lengths, repeats not adjacent)."""
-    from common.generation import generate
+    from common.generate.generation import generate
 
     _, _, prompts = _batch()
     rows = [prompts[0], prompts[1], prompts[0], prompts[2], prompts[1], prompts[0]]
@@ -476,7 +553,10 @@ def test_samples_of_a_prompt_share_its_prefill(policy):
     for temperature, top_k in ((1.0, 1), (0.9, 0)):
         keys = _keys(len(rows), 7)
         shared = generate(policy, rows, temperature=temperature, top_k=top_k, sample_keys=keys, **kw)
-        alone = [generate(policy, [p], temperature=temperature, top_k=top_k, sample_keys=[k], **kw)[0] for p, k in zip(rows, keys)]
+        alone = [
+            generate(policy, [p], temperature=temperature, top_k=top_k, sample_keys=[k], **kw)[0]
+            for p, k in zip(rows, keys)
+        ]
         assert shared == alone
         assert temperature == 1.0 or shared[0] != shared[2]  # same prompt, other key: another sample
 
@@ -499,8 +579,8 @@ def test_shared_prompt_scores_equal_the_full_forward(tp1):
 
 
 def test_shared_prompt_scores_reject_positions_inside_the_prompt(world1):
-    from common.model import build_reward_model
-    from common.reward_forward import shared_prompt_scores
+    from common.model.llama import build_reward_model
+    from common.reward.forward import shared_prompt_scores
 
     seqs, _ = _rollout_like()
     reward = build_reward_model(_arch(), dtype=torch.float32, seed=1)
@@ -512,8 +592,8 @@ def test_shared_prompt_scores_reject_positions_inside_the_prompt(world1):
 
 
 def test_hf_llama_weights_give_hf_logits(tp1, world1):
-    from common.logprobs import causal_padding_mask
-    from common.model import build_policy, build_reward_model, load_hf_llama_state_dict
+    from common.model.llama import build_policy, build_reward_model, load_hf_llama_state_dict
+    from common.train.logprobs import causal_padding_mask
 
     ids_BT, _, _ = _batch()
     with torch.no_grad():
@@ -527,9 +607,7 @@ def test_hf_llama_weights_give_hf_logits(tp1, world1):
     mask = causal_padding_mask(torch.ones(4, 14, dtype=torch.bool))
     pos = torch.arange(14).expand(4, 14)
     with torch.no_grad():
-        torch.testing.assert_close(
-            policy(ids_BT, pos, mask)[..., :VOCAB], hf(ids_BT).logits, atol=1e-4, rtol=0
-        )
+        torch.testing.assert_close(policy(ids_BT, pos, mask)[..., :VOCAB], hf(ids_BT).logits, atol=1e-4, rtol=0)
         hf_cls = _hf_llama(tie=False, seq_cls=True)
         reward = build_reward_model(arch, dtype=torch.float32, seed=1)
         load_hf_llama_state_dict(reward, hf_cls.state_dict(), arch)
@@ -577,7 +655,7 @@ def test_tp2_shards_are_the_tp1_weights_split(tp1, tp2):
 
 def _logprob_step(data_iterator, model):
     """forward_step_func for Megatron's schedules: mean NLL loss, per-token log-probs out."""
-    from common.logprobs import logprob_inputs
+    from common.train.logprobs import logprob_inputs
 
     ids_BT, valid_BT = next(data_iterator)
     position_ids_BT, mask, labels_BT = logprob_inputs(ids_BT, valid_BT)
@@ -593,13 +671,15 @@ def _logprob_step(data_iterator, model):
 def train_steps(steps: int = 2) -> dict:
     """Megatron DDP + (non-distributed) Adam with gradient clipping through the schedules."""
     from megatron.core.distributed import (
-        DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads,
+        DistributedDataParallel,
+        DistributedDataParallelConfig,
+        finalize_model_grads,
     )
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from common import parallel
-    from common.model import build_policy
+    from common.model import parallel
+    from common.model.llama import build_policy
 
     model = build_policy(_arch(), dtype=torch.float32, seed=0)
     ddp = DistributedDataParallel(model.config, DistributedDataParallelConfig(), model)
@@ -611,8 +691,12 @@ def train_steps(steps: int = 2) -> dict:
         ddp.zero_grad_buffer()
         optimizer.zero_grad()
         stats = get_forward_backward_func()(
-            forward_step_func=_logprob_step, data_iterator=iter([(ids_BT, valid_BT)]),
-            model=[ddp], num_microbatches=1, seq_length=14, micro_batch_size=4,
+            forward_step_func=_logprob_step,
+            data_iterator=iter([(ids_BT, valid_BT)]),
+            model=[ddp],
+            num_microbatches=1,
+            seq_length=14,
+            micro_batch_size=4,
             forward_only=False,
         )
         _, grad_norm, _ = optimizer.step()
@@ -636,16 +720,19 @@ def test_tp_shards_are_tagged_for_megatron(train_tp1):
     tagged = set(train_tp1["tp_tagged"])
     layer = "decoder.layers.1."
     expected = {
-        "embedding.word_embeddings.weight", "output_layer.weight",
-        layer + "self_attention.linear_qkv.weight", layer + "self_attention.linear_proj.weight",
-        layer + "mlp.linear_fc1.weight", layer + "mlp.linear_fc2.weight",
+        "embedding.word_embeddings.weight",
+        "output_layer.weight",
+        layer + "self_attention.linear_qkv.weight",
+        layer + "self_attention.linear_proj.weight",
+        layer + "mlp.linear_fc1.weight",
+        layer + "mlp.linear_fc2.weight",
     }
     assert expected <= tagged
     assert not any("layernorm" in name for name in tagged)
 
 
 def test_schedule_logps_equal_token_logprobs(train_tp1, policy):
-    from common.logprobs import token_logprobs
+    from common.train.logprobs import token_logprobs
 
     ids_BT, valid_BT, _ = _batch()
     with torch.no_grad():

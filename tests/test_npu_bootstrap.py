@@ -1,4 +1,4 @@
-"""Ascend NPU set-up, tested without an NPU (README "What was verified where").
+"""Ascend NPU set-up, tested without an NPU (docs/device.md "What was verified where").
 
 - With `torch_npu` installed, `torch_npu.contrib.transfer_to_npu` is applied before the first
   Megatron-core import, whatever module of `common` is imported first (a stand-in `torch_npu`
@@ -39,13 +39,20 @@ print(json.dumps({{
 """
 
 
-@pytest.mark.parametrize("module", ["common.workers", "common.model"])
+@pytest.mark.parametrize("module", ["common.train.schedule", "common.model.llama"])
 def test_transfer_to_npu_applied_before_megatron(tmp_path, module):
     for rel, text in STAND_IN.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
-    proc = subprocess.run([sys.executable, "-c", PROBE.format(module=module)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE.format(module=module)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     names = [name for name, _ in r["events"]]
@@ -56,7 +63,7 @@ def test_transfer_to_npu_applied_before_megatron(tmp_path, module):
 
 
 def test_npu_without_torch_npu_says_what_to_install():
-    from common.device import resolve_device
+    from common.device.backend import resolve_device
 
     if __import__("importlib").util.find_spec("torch_npu") is not None:
         pytest.skip("torch_npu is installed here")
@@ -76,14 +83,17 @@ def test_npu_run_stops_before_ray(tmp_path):
 
 
 def test_ray_worker_picks_its_granted_npu(monkeypatch):
-    from common import device as dev
+    from common.device import backend as dev
 
     npu = dev.Device(kind="npu", backend="hccl", ray_resource="NPU")
     cuda = dev.Device(kind="cuda", backend="nccl", ray_resource="GPU")
     for var in ("PYTORCH_NPU_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"):
         monkeypatch.delenv(var, raising=False)
     expandable = "expandable_segments:True"
-    assert npu.worker_env() == {"RAY_EXPERIMENTAL_NOSET_ASCEND_RT_VISIBLE_DEVICES": "1", "PYTORCH_NPU_ALLOC_CONF": expandable}
+    assert npu.worker_env() == {
+        "RAY_EXPERIMENTAL_NOSET_ASCEND_RT_VISIBLE_DEVICES": "1",
+        "PYTORCH_NPU_ALLOC_CONF": expandable,
+    }
     assert cuda.worker_env() == {"PYTORCH_CUDA_ALLOC_CONF": expandable}
     assert dev.resolve_device("cpu").worker_env() == {}
     monkeypatch.setenv("PYTORCH_NPU_ALLOC_CONF", "max_split_size_mb:512")  # the user's own setting wins

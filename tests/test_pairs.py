@@ -2,7 +2,7 @@
 
 import torch
 
-from common.pairs import apply_missing_eos_penalty, select_pairs
+from common.train.pairs import apply_missing_eos_penalty, select_pairs
 
 
 def test_sample_b_wins_for_some_prompts_in_a_micro_batch():

@@ -2,7 +2,7 @@
 hyperparameters -> the same per-step metrics (fp32, CPU), for both loss types and actor TP=1/TP=2.
 
 One TRL run per loss type serves both TP sizes. The machinery (and the tolerances, with their
-reasons) is ``bench/parity_trl.py``; its README section shows the measured numbers.
+reasons) is ``bench/parity_trl.py``; docs/parity.md shows the measured numbers.
 """
 
 import math

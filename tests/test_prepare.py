@@ -1,5 +1,5 @@
 """data.prepare: every input shape, every bad input, the length policy, determinism, and what
-training reads back (common.prompts.load_prompt_dataset). Uses the real Llama 3 tokenizer."""
+training reads back (common.prompts.dataset.load_prompt_dataset). Uses the real Llama 3 tokenizer."""
 
 import json
 import os
@@ -10,25 +10,40 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from common.messages import prompt_text
-from common.prompts import PromptStream, load_prompt_dataset, read_prompts
-from common.tokenizer import LLAMA3_CHAT_TEMPLATE, load_tokenizer, render_prompt_ids
-from common.prepared import IDS_FILE, MANIFEST_FILE, open_table
+from common.prompts.dataset import PromptStream, load_prompt_dataset, read_prompts
+from common.prompts.messages import prompt_text
+from common.prompts.prepared import IDS_FILE, MANIFEST_FILE, open_table
+from common.prompts.tokenizer import LLAMA3_CHAT_TEMPLATE, load_tokenizer, render_prompt_ids
 from data.encode import PromptEncoder, llama3_text
 from data.prepare import Settings, main, prepare
 from data.sources import KeyMap
 
 TOKENIZER_DIR = "assets/llama3_tokenizer"
 CHAT = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hello?"}]
-MULTI = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"},
-         {"role": "user", "content": "Tell me a joke."}]
+MULTI = [
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello! How can I help?"},
+    {"role": "user", "content": "Tell me a joke."},
+]
 # Text that stresses tokenization: whitespace runs, newlines, digits, contractions, code, non-Latin
 # scripts, emoji (multi-byte), combining marks, a lone "<|" that is not a special token.
 TRICKY = [
-    "Hello world", "  leading and trailing spaces  ", "\n\nstarts with newlines\n", "tabs\tand\r\nCRLF",
-    "numbers 1234567 and 3.14159, 1e-9", "I'll say it's what they've done, DON'T",
-    "def f(x):\n    return x ** 2  # square\n\n\n", "日本語のテキストです。", "Привет, мир!", "emoji 🤖🚀 ok",
-    "e\u0301 combining", "a <| b |> c", "x" * 300, "   ", "a\u00a0b\u2009c", "مرحبا بالعالم",
+    "Hello world",
+    "  leading and trailing spaces  ",
+    "\n\nstarts with newlines\n",
+    "tabs\tand\r\nCRLF",
+    "numbers 1234567 and 3.14159, 1e-9",
+    "I'll say it's what they've done, DON'T",
+    "def f(x):\n    return x ** 2  # square\n\n\n",
+    "日本語のテキストです。",
+    "Привет, мир!",
+    "emoji 🤖🚀 ok",
+    "e\u0301 combining",
+    "a <| b |> c",
+    "x" * 300,
+    "   ",
+    "a\u00a0b\u2009c",
+    "مرحبا بالعالم",
 ]
 
 
@@ -67,28 +82,36 @@ def error(path, message):
 
 @pytest.mark.parametrize("engine", ["tiktoken", "hf"])
 def test_ids_match_render_prompt_ids(tok, engine):
-    prompts = [t for t in TRICKY if t.strip()] + [CHAT, MULTI, [{"role": "system", "content": ""}, {"role": "user", "content": "x"}]]
+    prompts = [t for t in TRICKY if t.strip()] + [
+        CHAT,
+        MULTI,
+        [{"role": "system", "content": ""}, {"role": "user", "content": "x"}],
+    ]
     prompts += [[{"role": "system", "content": t}, {"role": "user", "content": t}] for t in TRICKY if t.strip()]
     encoder = PromptEncoder(tok, "tokenizer", engine)
     assert encoder.engine == engine
-    from common.messages import normalize_prompt
+    from common.prompts.messages import normalize_prompt
 
     got = encoder.encode([normalize_prompt(p, "test") for p in prompts])
     assert got == [render_prompt_ids(tok, p) for p in prompts]
 
 
 def test_llama3_string_template_equals_jinja(tok):
-    from common.messages import normalize_prompt
+    from common.prompts.messages import normalize_prompt
 
     for p in [t for t in TRICKY if t.strip()] + [CHAT, MULTI]:
         messages = normalize_prompt(p, "test")
-        jinja = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, chat_template=LLAMA3_CHAT_TEMPLATE)
+        jinja = tok.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, chat_template=LLAMA3_CHAT_TEMPLATE
+        )
         assert llama3_text(messages) == jinja
 
 
 def test_other_chat_template_uses_jinja_and_hf_engine(tok, tmp_path):
     path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Hello"}])
-    template = "{%- for m in messages -%}{{ '[' + m['role'] + '] ' + m['content'] + '\\n' }}{%- endfor -%}{{ '[assistant] ' }}"
+    template = (
+        "{%- for m in messages -%}{{ '[' + m['role'] + '] ' + m['content'] + '\\n' }}{%- endfor -%}{{ '[assistant] ' }}"
+    )
     original = tok.chat_template
     tok.chat_template = template
     try:
@@ -106,18 +129,29 @@ def test_other_chat_template_uses_jinja_and_hf_engine(tok, tmp_path):
 
 
 def test_descriptiveness_parquet_round_trips_to_the_templated_text(tok, tmp_path):
-    prompts = ["The old lighthouse stood at the edge of the cliff,", "She opened the door slowly and",
-               "  Rain fell on the  city;\nthe streets were empty. 42 cats!"]
+    prompts = [
+        "The old lighthouse stood at the edge of the cliff,",
+        "She opened the door slowly and",
+        "  Rain fell on the  city;\nthe streets were empty. 42 cats!",
+    ]
     path = write_parquet(tmp_path / "descriptiveness.parquet", {"prompt": prompts})
     out, manifest = run(tok, tmp_path, path)
-    expected = [f"<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{p}<|eot_id|>"
-                "<|start_header_id|>assistant<|end_header_id|>\n\n" for p in prompts]
+    expected = [
+        f"<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{p}<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+        for p in prompts
+    ]
     got = [tok.decode(r["input_ids"], skip_special_tokens=False, clean_up_tokenization_spaces=False) for r in rows(out)]
     assert got == expected
     assert [r["input_ids"] for r in rows(out)] == [render_prompt_ids(tok, p) for p in prompts]
-    assert manifest["counts"] == {"rows": 3, "prompts": 3, "dropped_too_long": 0, "truncated": 0,
-                                  "tokens": sum(len(r["input_ids"]) for r in rows(out)),
-                                  "max_length": max(len(r["input_ids"]) for r in rows(out))}
+    assert manifest["counts"] == {
+        "rows": 3,
+        "prompts": 3,
+        "dropped_too_long": 0,
+        "truncated": 0,
+        "tokens": sum(len(r["input_ids"]) for r in rows(out)),
+        "max_length": max(len(r["input_ids"]) for r in rows(out)),
+    }
 
 
 def test_parquet_messages_column(tmp_path, tok):
@@ -132,7 +166,9 @@ def test_jsonl_mixed_strings_and_messages_with_blank_lines(tmp_path, tok):
     path.write_text(json.dumps({"prompt": "one"}) + "\n\n" + json.dumps({"prompt": CHAT}) + "\n")
     out, manifest = run(tok, tmp_path, str(path))
     assert [(r["source_row"], r["input_ids"]) for r in rows(out)] == [
-        (1, render_prompt_ids(tok, "one")), (3, render_prompt_ids(tok, CHAT))]
+        (1, render_prompt_ids(tok, "one")),
+        (3, render_prompt_ids(tok, CHAT)),
+    ]
     assert manifest["counts"]["rows"] == 2
 
 
@@ -142,8 +178,11 @@ def test_json_array_and_json_lines(tmp_path, tok):
     lines = write_jsonl(tmp_path / "l.json", [{"prompt": "one"}, {"prompt": MULTI}])
     a, _ = run(tok, tmp_path, str(array), name="a")
     b, _ = run(tok, tmp_path, lines, name="b")
-    assert [r["input_ids"] for r in rows(a)] == [r["input_ids"] for r in rows(b)] == [
-        render_prompt_ids(tok, "one"), render_prompt_ids(tok, MULTI)]
+    assert (
+        [r["input_ids"] for r in rows(a)]
+        == [r["input_ids"] for r in rows(b)]
+        == [render_prompt_ids(tok, "one"), render_prompt_ids(tok, MULTI)]
+    )
 
 
 def test_folder_of_shards_in_name_order(tmp_path, tok):
@@ -153,7 +192,10 @@ def test_folder_of_shards_in_name_order(tmp_path, tok):
     write_jsonl(shards / "part-000.jsonl", [{"prompt": "a1"}])
     (shards / "notes.txt").write_text("ignored")
     out, manifest = run(tok, tmp_path, str(shards))
-    assert [s["path"] for s in manifest["sources"]] == [str(shards / "part-000.jsonl"), str(shards / "part-001.parquet")]
+    assert [s["path"] for s in manifest["sources"]] == [
+        str(shards / "part-000.jsonl"),
+        str(shards / "part-001.parquet"),
+    ]
     assert [s["rows"] for s in manifest["sources"]] == [1, 2]
     got = [(r["source_file"], r["source_row"], r["messages"][0]["content"]) for r in rows(out)]
     assert got == [(0, 1, "a1"), (1, 1, "b1"), (1, 2, "b2")]
@@ -161,10 +203,17 @@ def test_folder_of_shards_in_name_order(tmp_path, tok):
 
 def test_map_keys_prompt_query_system(tmp_path, tok):
     keys = KeyMap.parse('{"prompt": "instruction", "query": "input", "system": "sys"}')
-    table = {"instruction": ["Translate to French.", "Say hi.", "Add them."], "input": ["Good morning", "", None],
-             "sys": ["You translate.", "", None], "output": ["Bonjour", "hi", "3"]}
+    table = {
+        "instruction": ["Translate to French.", "Say hi.", "Add them."],
+        "input": ["Good morning", "", None],
+        "sys": ["You translate.", "", None],
+        "output": ["Bonjour", "hi", "3"],
+    }
     expected = [
-        [{"role": "system", "content": "You translate."}, {"role": "user", "content": "Translate to French.\nGood morning"}],
+        [
+            {"role": "system", "content": "You translate."},
+            {"role": "user", "content": "Translate to French.\nGood morning"},
+        ],
         [{"role": "user", "content": "Say hi."}],  # empty query, empty system: no newline, no system turn
         [{"role": "user", "content": "Add them."}],
     ]
@@ -219,7 +268,7 @@ def test_truncate_left_keeps_the_assistant_header(tmp_path, tok, engine):
     header = tok("<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n", add_special_tokens=False)["input_ids"]
     for r in got[:2]:
         ids, content = r["input_ids"], r["messages"][-1]["content"]
-        assert 40 <= len(ids) <= 50 and ids[-len(header):] == header and ids.count(tok.bos_token_id) == 1
+        assert 40 <= len(ids) <= 50 and ids[-len(header) :] == header and ids.count(tok.bos_token_id) == 1
         assert long_text.endswith(content) and len(content) < len(long_text)  # cut from the left only
         assert ids == render_prompt_ids(tok, r["messages"])
     assert got[1]["messages"][0] == {"role": "system", "content": "Be kind."}
@@ -247,8 +296,12 @@ def test_all_dropped_is_an_error_and_leaves_no_output(tmp_path, tok):
 def test_deterministic_for_any_worker_count(tmp_path, tok):
     prompts = [f"{t} #{i}" for i, t in enumerate(TRICKY * 20)]
     path = write_parquet(tmp_path / "p.parquet", {"prompt": prompts})
-    outs = [run(tok, tmp_path, path, name=f"w{w}-{k}", workers=w, chunk_rows=37)[0] for w, k in ((1, 0), (2, 0), (2, 1))]
-    files = [(open(os.path.join(o, IDS_FILE), "rb").read(), open(os.path.join(o, MANIFEST_FILE), "rb").read()) for o in outs]
+    outs = [
+        run(tok, tmp_path, path, name=f"w{w}-{k}", workers=w, chunk_rows=37)[0] for w, k in ((1, 0), (2, 0), (2, 1))
+    ]
+    files = [
+        (open(os.path.join(o, IDS_FILE), "rb").read(), open(os.path.join(o, MANIFEST_FILE), "rb").read()) for o in outs
+    ]
     assert files[0] == files[1] == files[2]
     assert open_table(outs[0]).column("input_ids").num_chunks == -(-len(prompts) // 37)
     assert [r["input_ids"] for r in rows(outs[0])] == [render_prompt_ids(tok, p) for p in prompts]
@@ -299,7 +352,10 @@ BAD_JSONL = [
     ([{"prompt": None}], "row 1: the prompt is null"),
     ([{"prompt": [{"role": "user", "content": ""}]}], "row 1: message 1 \\(user\\) has empty content"),
     ([{"prompt": [{"role": "bot", "content": "x"}]}], "row 1: message 1 has role 'bot'"),
-    ([{"prompt": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}], "row 1: the last message is from 'assistant'"),
+    (
+        [{"prompt": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}],
+        "row 1: the last message is from 'assistant'",
+    ),
     ([{"prompt": "say <|eot_id|> now"}], "row 1: the prompt contains the special token <\\|eot_id\\|>"),
     ([{"prompt": "x", "input": 3}], "row 1: the query value is a int"),
     ([["prompt", "x"]], "row 1: expected a JSON object, got list"),
@@ -433,8 +489,11 @@ def test_load_prompt_dataset_refuses_another_tokenizer(tmp_path, tok):
     manifest = json.load(open(manifest_path))
     manifest["tokenizer"].update(sha256="0" * 64, name_or_path="some/other-tokenizer")
     json.dump(manifest, open(manifest_path, "w"))
-    with pytest.raises(ValueError, match=f"prepared dataset {re.escape(out)}: tokenized with tokenizer 'some/other-tokenizer'.*"
-                                         "prepare the prompts again"):
+    with pytest.raises(
+        ValueError,
+        match=f"prepared dataset {re.escape(out)}: tokenized with tokenizer 'some/other-tokenizer'.*"
+        "prepare the prompts again",
+    ):
         load_prompt_dataset(out, tok, 100)
 
 
@@ -467,8 +526,21 @@ def test_prompt_stream_over_prepared_dataset_resumes(tmp_path, tok):
 def test_command_line(tmp_path):
     path = write_jsonl(tmp_path / "p.jsonl", [{"instruction": "Hi", "input": "there"}])
     out = tmp_path / "out"
-    argv = ["--input", path, "--tokenizer", TOKENIZER_DIR, "--output", str(out), "--no-progress", "--workers", "1",
-            "--map-keys", '{"prompt": "instruction", "query": "input"}', "--max-prompt-length", "64"]
+    argv = [
+        "--input",
+        path,
+        "--tokenizer",
+        TOKENIZER_DIR,
+        "--output",
+        str(out),
+        "--no-progress",
+        "--workers",
+        "1",
+        "--map-keys",
+        '{"prompt": "instruction", "query": "input"}',
+        "--max-prompt-length",
+        "64",
+    ]
     assert main(argv) == 0
     manifest = json.load(open(out / MANIFEST_FILE))
     assert manifest["settings"]["max_prompt_length"] == 64 and manifest["counts"]["prompts"] == 1
@@ -483,8 +555,20 @@ def _snapshot(folder):
 
 
 def _cli(tmp_path, inputs, output, *extra):
-    return main(["--input", *map(str, inputs), "--tokenizer", TOKENIZER_DIR, "--output", str(output),
-                 "--no-progress", "--workers", "1", *extra])
+    return main(
+        [
+            "--input",
+            *map(str, inputs),
+            "--tokenizer",
+            TOKENIZER_DIR,
+            "--output",
+            str(output),
+            "--no-progress",
+            "--workers",
+            "1",
+            *extra,
+        ]
+    )
 
 
 def test_output_equal_to_input_folder_is_refused_even_with_overwrite(tmp_path, capsys):

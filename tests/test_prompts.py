@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from common.messages import prompt_text
-from common.prompts import PromptStream, filter_long_prompts, load_fixed_responses, read_prompts
+from common.prompts.dataset import PromptStream, filter_long_prompts, load_fixed_responses, read_prompts
+from common.prompts.messages import prompt_text
 
 CHAT = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hello?"}]
 
@@ -60,22 +60,27 @@ def test_shipped_tiny_prompts():
     assert sum(isinstance(p, list) for p in prompts) == 4
 
 
-@pytest.mark.parametrize("lines, message", [
-    (['{"prompt": "ok"}', '{"prompt": "ok", '], "row 2: invalid JSON"),
-    (['{"prompt": "ok"}', '{"text": "no prompt"}'], "row 2: no `prompt` field"),
-    (['{"text": "a"}'], r"no `prompt` column \(columns: text\)"),
-    (['{"prompt": "ok"}', '{"prompt": 5}'], "row 2: the prompt is a int"),
-    (['{"prompt": "   "}'], "row 1: the prompt is empty"),
-    (['{"prompt": null}'], "row 1: the prompt is null"),
-    (['{"prompt": []}'], "row 1: the prompt has no messages"),
-    (['{"prompt": [{"role": "user"}]}'], "row 1: message 1 is"),
-    (['{"prompt": [{"role": "bot", "content": "x"}]}'], "row 1: message 1 has role 'bot'"),
-    (['{"prompt": [{"role": "user", "content": ""}]}'], r"row 1: message 1 \(user\) has empty content"),
-    (['{"prompt": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}'],
-     "row 1: the last message is from 'assistant'"),
-    (['', '   '], "zero rows"),
-    (['[1, 2]'], "row 1: expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (['{"prompt": "ok"}', '{"prompt": "ok", '], "row 2: invalid JSON"),
+        (['{"prompt": "ok"}', '{"text": "no prompt"}'], "row 2: no `prompt` field"),
+        (['{"text": "a"}'], r"no `prompt` column \(columns: text\)"),
+        (['{"prompt": "ok"}', '{"prompt": 5}'], "row 2: the prompt is a int"),
+        (['{"prompt": "   "}'], "row 1: the prompt is empty"),
+        (['{"prompt": null}'], "row 1: the prompt is null"),
+        (['{"prompt": []}'], "row 1: the prompt has no messages"),
+        (['{"prompt": [{"role": "user"}]}'], "row 1: message 1 is"),
+        (['{"prompt": [{"role": "bot", "content": "x"}]}'], "row 1: message 1 has role 'bot'"),
+        (['{"prompt": [{"role": "user", "content": ""}]}'], r"row 1: message 1 \(user\) has empty content"),
+        (
+            ['{"prompt": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}'],
+            "row 1: the last message is from 'assistant'",
+        ),
+        (["", "   "], "zero rows"),
+        (["[1, 2]"], "row 1: expected a JSON object"),
+    ],
+)
 def test_jsonl_errors_name_file_row_and_problem(tmp_path, lines, message):
     path = write_lines(tmp_path / "bad.jsonl", lines)
     with pytest.raises(ValueError, match=error(path, message)):
@@ -117,8 +122,11 @@ def test_parquet_errors(tmp_path):
 
 def test_prompt_text():
     assert prompt_text("plain") == "plain"
-    chat = [{"role": "user", "content": "first"}, {"role": "assistant", "content": "a"},
-            {"role": "user", "content": "last"}]
+    chat = [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "a"},
+        {"role": "user", "content": "last"},
+    ]
     assert prompt_text(chat) == "last"
 
 
@@ -126,21 +134,28 @@ def test_prompt_text():
 
 
 def test_fixed_responses(tmp_path):
-    path = write_jsonl(tmp_path / "fixed.jsonl", [{"prompt": "p1", "responses": ["a", "b"]},
-                                                  {"prompt": "p2", "responses": ["c", "d", "e"]}])
+    path = write_jsonl(
+        tmp_path / "fixed.jsonl",
+        [{"prompt": "p1", "responses": ["a", "b"]}, {"prompt": "p2", "responses": ["c", "d", "e"]}],
+    )
     assert load_fixed_responses(path) == {"p1": ["a", "b"], "p2": ["c", "d", "e"]}
 
 
-@pytest.mark.parametrize("lines, message", [
-    (['{"prompt": "p", "responses": ["a"]}'], "row 1: 1 response"),
-    (['{"prompt": "p", "responses": ["a", "b"]}', '{"prompt": "p", "responses": ["c", "d"]}'],
-     r"row 2: duplicate prompt \(first at row 1\)"),
-    (['{"prompt": "p", "responses": ["a", "b"]}', '{"prompt": "q"'], "row 2: invalid JSON"),
-    (['{"prompt": "p"}'], "row 1: expected"),
-    (['{"prompt": "p", "responses": "ab"}'], "row 1: `responses` must be a list of strings"),
-    (['{"prompt": "", "responses": ["a", "b"]}'], "row 1: `prompt` must be a non-empty string"),
-    (['', ''], "zero rows"),
-])
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (['{"prompt": "p", "responses": ["a"]}'], "row 1: 1 response"),
+        (
+            ['{"prompt": "p", "responses": ["a", "b"]}', '{"prompt": "p", "responses": ["c", "d"]}'],
+            r"row 2: duplicate prompt \(first at row 1\)",
+        ),
+        (['{"prompt": "p", "responses": ["a", "b"]}', '{"prompt": "q"'], "row 2: invalid JSON"),
+        (['{"prompt": "p"}'], "row 1: expected"),
+        (['{"prompt": "p", "responses": "ab"}'], "row 1: `responses` must be a list of strings"),
+        (['{"prompt": "", "responses": ["a", "b"]}'], "row 1: `prompt` must be a non-empty string"),
+        (["", ""], "zero rows"),
+    ],
+)
 def test_fixed_responses_errors(tmp_path, lines, message):
     path = write_lines(tmp_path / "fixed.jsonl", lines)
     with pytest.raises(ValueError, match=error(path, message)):

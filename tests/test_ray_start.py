@@ -1,4 +1,4 @@
-"""common/ray_start.py and common/launch.py: the private Ray instance starts on a thread, runs the
+"""common/cluster/ray_start.py and common/run/launch.py: the private Ray instance starts on a thread, runs the
 work it is given once it is up, reports that work's failure where the driver waits for it, and a
 run refused by its checks after Ray started leaves no Ray process behind. Each check runs in a fresh
 process (the test process keeps no Ray cluster)."""
@@ -9,14 +9,13 @@ import sys
 import time
 
 import psutil
-
 from conftest import ROOT
 
 
 def test_work_given_to_the_ray_thread_runs_once_ray_is_up():
     code = (
         "import json, os, ray\n"
-        "from common.ray_start import BackgroundRay\n"
+        "from common.cluster.ray_start import BackgroundRay\n"
         "background = BackgroundRay()\n"
         "background.then(lambda: (ray.is_initialized(), ray.cluster_resources()['CPU']))\n"
         "background.settle()\n"
@@ -31,7 +30,7 @@ def test_work_given_to_the_ray_thread_runs_once_ray_is_up():
 
 def test_a_failure_of_that_work_is_raised_where_the_driver_waits():
     code = (
-        "from common.ray_start import BackgroundRay\n"
+        "from common.cluster.ray_start import BackgroundRay\n"
         "background = BackgroundRay()\n"
         "background.then(lambda: 1 / 0)\n"
         "background.settle()  # returns: the failure is for wait()\n"
@@ -61,7 +60,9 @@ def test_a_run_refused_after_ray_started_says_why_and_leaves_no_ray_process(tmp_
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 1, proc.stderr[-3000:]
-    assert proc.stderr.startswith("error: ") and "none.jsonl" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.startswith("error: ") and "none.jsonl" in proc.stderr and "Traceback" not in proc.stderr, (
+        proc.stderr[-3000:]
+    )
     assert not (tmp_path / "run").exists()
     deadline = time.time() + 10  # processes killed at exit may take a moment to go
     while ray_processes_since(start) and time.time() < deadline:

@@ -7,18 +7,20 @@ import json
 import math
 
 import pytest
-
-from common.config import load_config, max_new_tokens
-from common.expected_curve import compare, load_expected
-from common.outputs import read_jsonl
 from conftest import ROOT, run_recipe
-from tools.simulated_cluster import cluster_process
 
+from common.config.load import load_config
+from common.config.roles import max_new_tokens
+from common.run.expected_curve import compare, load_expected
+from common.run.outputs import read_jsonl
+from tools.simulated_cluster import cluster_process
 
 
 def check_curve(recipe: str, run_dir) -> None:
     expected = load_expected(ROOT / "recipes" / recipe, "cpu_scale")
-    assert expected is not None, f"recipes/{recipe}/expected_loss.cpu_scale.json missing: record it with tools/record_curve.py"
+    assert expected is not None, (
+        f"recipes/{recipe}/expected_loss.cpu_scale.json missing: record it with tools/record_curve.py"
+    )
     losses = [row["loss"] for row in read_jsonl(run_dir / "metrics.jsonl")]
     # policy == reference at step 1: ln 2, up to fp32 summation order (the 8B actor is TP2 x PP2, its
     # reference TP2 x PP1; summed log-probs of ~250 tokens differ in the 7th digit -> ~1e-5 in the loss)
@@ -49,7 +51,10 @@ def test_cpu_scale_overlays_change_only_what_they_document():
 
     for recipe in ("llama32_1b", "llama3_8b"):
         folder = ROOT / "recipes" / recipe
-        full, small = load_config(folder / "config.yaml"), load_config(folder / "config.yaml", overlay=folder / "cpu_scale.yaml")
+        full, small = (
+            load_config(folder / "config.yaml"),
+            load_config(folder / "config.yaml", overlay=folder / "cpu_scale.yaml"),
+        )
         for key in kept:
             assert OmegaConf.select(full, key) == OmegaConf.select(small, key), (recipe, key)
         assert small.model.hidden_size < full.model.hidden_size and small.training.device == "cpu"
@@ -61,8 +66,22 @@ def test_cpu_scale_overlays_change_only_what_they_document():
 @pytest.mark.parametrize(
     "recipe,need",
     [
-        ("llama32_1b", ["hf download meta-llama/Llama-3.2-1B-Instruct", "--out weights/llama32_1b/sft_tp1pp1 --tp 1 --pp 1", "Skywork-Reward-V2-Llama-3.2-1B"]),
-        ("llama3_8b", ["hf download meta-llama/Llama-3.1-8B-Instruct", "--out weights/llama3_8b/sft_tp2pp2 --tp 2 --pp 2", "Skywork-Reward-V2-Llama-3.1-8B"]),
+        (
+            "llama32_1b",
+            [
+                "hf download meta-llama/Llama-3.2-1B-Instruct",
+                "--out weights/llama32_1b/sft_tp1pp1 --tp 1 --pp 1",
+                "Skywork-Reward-V2-Llama-3.2-1B",
+            ],
+        ),
+        (
+            "llama3_8b",
+            [
+                "hf download meta-llama/Llama-3.1-8B-Instruct",
+                "--out weights/llama3_8b/sft_tp2pp2 --tp 2 --pp 2",
+                "Skywork-Reward-V2-Llama-3.1-8B",
+            ],
+        ),
     ],
 )
 def test_missing_weights_fail_before_ray_with_the_commands(recipe, need, tmp_path):
@@ -93,13 +112,26 @@ def two_nodes_of_8():
 @pytest.mark.curve
 def test_llama3_8b_cpu_scale_on_two_simulated_nodes(two_nodes_of_8, tmp_path):
     out = tmp_path / "run"
-    proc = run_recipe("llama3_8b", out, "--nodes", "2", "--overlay", "cpu_scale", "resource_pool.device_resource=NPU", env=two_nodes_of_8)
+    proc = run_recipe(
+        "llama3_8b",
+        out,
+        "--nodes",
+        "2",
+        "--overlay",
+        "cpu_scale",
+        "resource_pool.device_resource=NPU",
+        env=two_nodes_of_8,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     # the recipe's promise: the actor (4 training + 4 generating ranks) fills node 0; ref and reward share node 1
     assert placed(out) == {"actor_rollout": [0] * 4, "rollout": [0] * 4, "ref": [1] * 4, "reward": [1] * 4}
     cfg = load_config(out / "config.yaml")
     actor = cfg.actor_rollout_ref.actor_rollout
-    assert (actor.tensor_model_parallel_size, actor.pipeline_model_parallel_size, actor.generate_tensor_model_parallel_size) == (2, 2, 2)
+    assert (
+        actor.tensor_model_parallel_size,
+        actor.pipeline_model_parallel_size,
+        actor.generate_tensor_model_parallel_size,
+    ) == (2, 2, 2)
     assert cfg.actor_rollout_ref.ref.tensor_model_parallel_size == cfg.reward.tensor_model_parallel_size == 2
     check_curve("llama3_8b", out)
 
@@ -107,6 +139,8 @@ def test_llama3_8b_cpu_scale_on_two_simulated_nodes(two_nodes_of_8, tmp_path):
 @pytest.mark.slow
 def test_too_few_devices_fails_naming_the_roles_short(two_nodes_of_8, tmp_path):
     """The 8B recipe on one of the two 8-device nodes: 16 devices needed, 8 there."""
-    proc = run_recipe("llama3_8b", tmp_path / "run", "--overlay", "cpu_scale", "resource_pool.device_resource=NPU", env=two_nodes_of_8)
+    proc = run_recipe(
+        "llama3_8b", tmp_path / "run", "--overlay", "cpu_scale", "resource_pool.device_resource=NPU", env=two_nodes_of_8
+    )
     assert proc.returncode != 0
     assert "short by 8 (role ref gets 0 of its 4; role reward gets 0 of its 4)" in proc.stderr, proc.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""tools/record_curve.py's own logic (the recording itself is a real run: see the README)."""
+"""tools/record_curve.py's own logic (the recording itself is a real run: see docs/testing.md)."""
 
 import argparse
 

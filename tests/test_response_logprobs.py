@@ -20,11 +20,13 @@ ARCH = dict(
 
 def _batch():
     """Right-padded prompt + response sequences of mixed lengths."""
-    from common.sequences import Sequence, pad_batch
+    from common.train.sequences import Sequence, pad_batch
 
     g = torch.Generator().manual_seed(5)
     seqs = [
-        Sequence(torch.randint(0, VOCAB, (p,), generator=g).tolist(), torch.randint(0, VOCAB, (r,), generator=g).tolist())
+        Sequence(
+            torch.randint(0, VOCAB, (p,), generator=g).tolist(), torch.randint(0, VOCAB, (r,), generator=g).tolist()
+        )
         for p, r in ((7, 5), (3, 9), (12, 2), (5, 5))
     ]
     return pad_batch(seqs)
@@ -32,8 +34,8 @@ def _batch():
 
 def compute() -> dict:
     """Full and response-only log-probs and gradients on this rank's world (PP=1)."""
-    from common.logprobs import token_logprobs
-    from common.model import LlamaArch, build_policy
+    from common.model.llama import LlamaArch, build_policy
+    from common.train.logprobs import token_logprobs
 
     policy = build_policy(LlamaArch(**ARCH), dtype=torch.float32, seed=0)
     b = _batch()
@@ -51,9 +53,9 @@ def compute() -> dict:
 
 def schedule_logps() -> list:
     """Reference-style forward through Megatron's schedules (any PP): summed response log-probs."""
-    from common.model import LlamaArch, build_policy
-    from common.schedule import run_microbatches
-    from common.sequences import summed_response_logps
+    from common.model.llama import LlamaArch, build_policy
+    from common.train.schedule import run_microbatches
+    from common.train.sequences import summed_response_logps
 
     policy = build_policy(LlamaArch(**ARCH), dtype=torch.float32, seed=0)
     b = _batch()

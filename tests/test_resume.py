@@ -11,9 +11,9 @@ import subprocess
 import time
 
 import pytest
-
-from common.outputs import read_jsonl
 from conftest import ROOT, run_recipe
+
+from common.run.outputs import read_jsonl
 
 pytestmark = pytest.mark.slow  # Ray runs of the tiny recipe (see pytest.ini)
 
@@ -23,7 +23,10 @@ SEPARATORS = ("\u2028", "\u0085", "\u2029")
 
 def prompts_with_separators(path):
     """16 prompts, each with a Unicode line separator inside the string, written raw (not escaped)."""
-    lines = [json.dumps({"prompt": f"Question {i}:{SEPARATORS[i % 3]}what is {i} + {i}?"}, ensure_ascii=False) for i in range(16)]
+    lines = [
+        json.dumps({"prompt": f"Question {i}:{SEPARATORS[i % 3]}what is {i} + {i}?"}, ensure_ascii=False)
+        for i in range(16)
+    ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     assert len(path.read_text(encoding="utf-8").splitlines()) > 16  # what str.splitlines would make of it
     return f"actor_rollout_ref.actor_rollout.data_path={path}"
@@ -44,7 +47,11 @@ def test_sigkill_between_checkpoints_then_resume(tmp_path):
     env = {**os.environ}
     job = subprocess.Popen(
         [str(ROOT / "run.sh"), "tiny", "--out", str(broken), *settings],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 600
@@ -67,9 +74,13 @@ def test_sigkill_between_checkpoints_then_resume(tmp_path):
     rollouts.write_text("".join(line + "\n" for line in raw), encoding="utf-8")
     assert "\u2028" in rollouts.read_text(encoding="utf-8") and "\u0085" in rollouts.read_text(encoding="utf-8")
 
-    resumed = subprocess.run([str(ROOT / "run.sh"), "tiny", "--resume", str(broken)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    resumed = subprocess.run(
+        [str(ROOT / "run.sh"), "tiny", "--resume", str(broken)], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
     assert resumed.returncode == 0, resumed.stderr[-5000:]
-    assert [(r["checkpoint"], r["first_step"]) for r in read_jsonl(broken / "resumes.jsonl")] == [(str((broken / "checkpoints" / "iter_000004").resolve()), 5)]
+    assert [(r["checkpoint"], r["first_step"]) for r in read_jsonl(broken / "resumes.jsonl")] == [
+        (str((broken / "checkpoints" / "iter_000004").resolve()), 5)
+    ]
     assert comparable(read_jsonl(broken / "metrics.jsonl")) == comparable(read_jsonl(whole / "metrics.jsonl"))
     assert read_jsonl(broken / "rollouts.jsonl") == read_jsonl(whole / "rollouts.jsonl")
     prompts = [r["prompt"] for r in read_jsonl(whole / "rollouts.jsonl")]
@@ -94,8 +105,12 @@ def test_damaged_logs_stop_resume_before_any_file_changes(short_run, tmp_path):
         f.write(b'{"step": 5, "prompt": "cut\n')  # a damaged row, not at the end of the file
         f.write(b'{"step": 5}\n')
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    again = subprocess.run([str(ROOT / "run.sh"), "tiny", "--resume", str(out)], cwd=ROOT, capture_output=True, text=True)
-    assert again.returncode != 0 and "rollouts.jsonl row" in again.stderr and "invalid JSON" in again.stderr, again.stderr[-3000:]
+    again = subprocess.run(
+        [str(ROOT / "run.sh"), "tiny", "--resume", str(out)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert again.returncode != 0 and "rollouts.jsonl row" in again.stderr and "invalid JSON" in again.stderr, (
+        again.stderr[-3000:]
+    )
     assert "Traceback" not in again.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # metrics.jsonl untouched too
 
@@ -103,5 +118,7 @@ def test_damaged_logs_stop_resume_before_any_file_changes(short_run, tmp_path):
 def test_resume_without_checkpoint_explains(tiny_run, tmp_path):
     assert not (tiny_run / "checkpoints").exists()  # the shipped tiny recipe saves none (save_interval 0)
     out = run_copy(tiny_run, tmp_path / "run")
-    again = subprocess.run([str(ROOT / "run.sh"), "tiny", "--resume", str(out)], cwd=ROOT, capture_output=True, text=True)
+    again = subprocess.run(
+        [str(ROOT / "run.sh"), "tiny", "--resume", str(out)], cwd=ROOT, capture_output=True, text=True
+    )
     assert again.returncode != 0 and "training.save_interval" in again.stderr

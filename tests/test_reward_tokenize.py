@@ -15,7 +15,6 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import ROOT, run_recipe
 
 LLAMA3 = ROOT / "assets" / "llama3_tokenizer"
@@ -31,8 +30,8 @@ def smollm2_tokenizer(tmp_path_factory):
 
 
 def test_same_tokenizer_keeps_the_policy_ids(smollm2_tokenizer):
-    from common.reward_tokenize import load_reward_retokenizer, same_tokenization
-    from common.tokenizer import load_tokenizer
+    from common.prompts.tokenizer import load_tokenizer
+    from common.reward.tokenize import load_reward_retokenizer, same_tokenization
 
     llama, smol = load_tokenizer(str(LLAMA3)), load_tokenizer(str(smollm2_tokenizer))
     assert same_tokenization(llama, load_tokenizer(str(LLAMA3)))
@@ -68,9 +67,9 @@ def _reward_model(path):
 
 @pytest.mark.slow
 def test_reward_model_reads_its_own_tokenizers_ids(smollm2_tokenizer, tmp_path):
-    from common.outputs import read_jsonl
-    from common.messages import normalize_prompt, prompt_text
-    from common.tokenizer import load_tokenizer
+    from common.prompts.messages import normalize_prompt, prompt_text
+    from common.prompts.tokenizer import load_tokenizer
+    from common.run.outputs import read_jsonl
 
     model = _reward_model(tmp_path / "rm")
     a = "actor_rollout_ref.actor_rollout."

@@ -9,10 +9,17 @@ import time
 
 import psutil
 import pytest
-
-from common.health import COLLAPSE_ITERS, MIN_LOSS_SCALE, CollapseWatch, NonFiniteError, check_finite, check_loss_scale
-from common.outputs import read_jsonl
 from conftest import ROOT, SHORT_RUN, run_recipe
+
+from common.run.outputs import read_jsonl
+from common.train.health import (
+    COLLAPSE_ITERS,
+    MIN_LOSS_SCALE,
+    CollapseWatch,
+    NonFiniteError,
+    check_finite,
+    check_loss_scale,
+)
 
 SETTINGS = SHORT_RUN  # 4 iterations, checkpoints at 2 and 4: the shared run of conftest is the uninterrupted one
 
@@ -49,7 +56,11 @@ class Job:
 
     def worker(self, cls):
         """The process of the run's Ray worker of class ``cls`` (a descendant of this driver only)."""
-        found = [p for p in psutil.Process(self.proc.pid).children(recursive=True) if " ".join(p.cmdline()).startswith(f"ray::{cls}")]
+        found = [
+            p
+            for p in psutil.Process(self.proc.pid).children(recursive=True)
+            if " ".join(p.cmdline()).startswith(f"ray::{cls}")
+        ]
         assert found, f"no {cls} process under the driver"
         return found[0]
 
@@ -65,7 +76,9 @@ class Job:
 
 
 def resume(run_dir):
-    return subprocess.run([str(ROOT / "run.sh"), "tiny", "--resume", str(run_dir)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [str(ROOT / "run.sh"), "tiny", "--resume", str(run_dir)], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +103,13 @@ def test_killed_worker_stops_with_resume_command_then_resume_completes(tmp_path,
     assert rc == 1, tail
     assert stopped_in < 30, f"the driver took {stopped_in:.1f} s to stop"
     assert "Traceback" not in job.log.read_text()
-    for fact in ("worker ref rank 0", "iteration ", "killed from outside", "iter_000002", f"./run.sh tiny --resume {job.out}"):
+    for fact in (
+        "worker ref rank 0",
+        "iteration ",
+        "killed from outside",
+        "iter_000002",
+        f"./run.sh tiny --resume {job.out}",
+    ):
         assert fact in tail, f"{fact!r} not among the last lines:\n{tail}"
     assert (job.out / "loss.png").is_file()
     assert latest(job.out) == "iter_000002"
@@ -147,7 +166,9 @@ def test_sigterm_stops_at_iteration_boundary_with_checkpoint(tmp_path, whole):
 def test_non_finite_update_stops_and_keeps_last_good_checkpoint(tmp_path):
     # lr=1e30: the first Adam step blows the weights up; iteration 2's gradients are NaN
     out = tmp_path / "run"
-    proc = run_recipe("tiny", out, "training.train_iters=3", "training.save_interval=1", "actor_rollout_ref.actor_rollout.lr=1e30")
+    proc = run_recipe(
+        "tiny", out, "training.train_iters=3", "training.save_interval=1", "actor_rollout_ref.actor_rollout.lr=1e30"
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     tail = "\n".join(proc.stderr.strip().splitlines()[-6:])
     assert "iteration 2: the update is not finite" in tail and f"--resume {out}" in tail
@@ -161,7 +182,9 @@ def test_non_finite_update_stops_and_keeps_last_good_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_collapsed_policy_is_warned_about(tmp_path):
     out = tmp_path / "run"
-    proc = run_recipe("tiny", out, f"training.train_iters={COLLAPSE_ITERS + 1}", "actor_rollout_ref.actor_rollout.lr=1e6")
+    proc = run_recipe(
+        "tiny", out, f"training.train_iters={COLLAPSE_ITERS + 1}", "actor_rollout_ref.actor_rollout.lr=1e6"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     warned = read_jsonl(out / "warnings.jsonl")
     assert warned and "collapsed" in warned[0]["warning"]
@@ -200,7 +223,14 @@ def test_nodes_without_cluster_says_how_to_start_one(tmp_path):
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         env["RAY_TMPDIR"] = str(tmp_path)  # where `ray start` would have recorded its cluster: nothing
         out = tmp_path / "run"
-        proc = subprocess.run([str(ROOT / "run.sh"), "tiny", "--nodes", "2", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+        proc = subprocess.run(
+            [str(ROOT / "run.sh"), "tiny", "--nodes", "2", "--out", str(out)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
     finally:
         ray.shutdown()
     assert proc.returncode == 1
@@ -224,13 +254,17 @@ def test_library_noise_is_filtered_and_the_rest_shows(caplog):
     import logging
     import warnings
 
-    from common.quiet import RAY_AUTH_LOGGER, RAY_WORKER_LOGGER, filter_library_warnings, quiet_private_ray
+    from common.util.quiet import RAY_AUTH_LOGGER, RAY_WORKER_LOGGER, filter_library_warnings, quiet_private_ray
 
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         filter_library_warnings()
-        warnings.warn("Transformer Engine and Apex are not installed. Falling back to Torch optimizers.", UserWarning)
-        warnings.warn("something the user must fix", UserWarning)
+        warnings.warn(
+            "Transformer Engine and Apex are not installed. Falling back to Torch optimizers.",
+            UserWarning,
+            stacklevel=1,
+        )
+        warnings.warn("something the user must fix", UserWarning, stacklevel=1)
     assert [str(w.message) for w in seen] == ["something the user must fix"]
 
     quiet_private_ray()

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from common.sequences import Sequence, has_eos, pad_batch, score_positions, summed_response_logps
+from common.train.sequences import Sequence, has_eos, pad_batch, score_positions, summed_response_logps
 
 EOS = 9
 
@@ -30,7 +30,7 @@ def test_has_eos():
 
 
 def test_length_cuts_cut_where_padding_would_dominate_and_keep_every_row():
-    from common.sequences import MIN_BATCH_TOKENS, length_cuts
+    from common.train.sequences import MIN_BATCH_TOKENS, length_cuts
 
     # 4 long rows (~400 tokens) among 12 short ones (~60), sorted as the caller sorts them
     lengths = sorted([60, 410, 55, 64, 400, 58, 61, 395, 57, 62, 59, 420, 63, 56, 60, 61], reverse=True)

@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, run_recipe
 
 
@@ -40,15 +39,17 @@ def smoke_run(smollm2_dir, tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.curve
 def test_smoke_run(smoke_run):
-    from common.expected_curve import compare, load_expected
-    from common.outputs import read_jsonl
+    from common.run.expected_curve import compare, load_expected
+    from common.run.outputs import read_jsonl
 
     tmp_path = smoke_run
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert abs(rows[0]["loss"] - math.log(2)) < 1e-4  # policy == reference before the first update
     expected = load_expected(ROOT / "recipes" / "smollm2_135m", "smoke")
-    assert expected is not None, "expected_loss.smoke.json missing: record it with tools/record_curve.py smollm2_135m --overlay smoke"
+    assert expected is not None, (
+        "expected_loss.smoke.json missing: record it with tools/record_curve.py smollm2_135m --overlay smoke"
+    )
     assert compare(expected, [r["loss"] for r in rows]) == []  # the real model's curve, as recorded
     rollouts = read_jsonl(tmp_path / "run" / "rollouts.jsonl")
     assert len(rollouts) == 8
@@ -63,8 +64,8 @@ def test_trained_smollm2_exports_to_transformers(smoke_run, smollm2_dir, world1)
     """The real model's ``final/``, exported to HF: transformers' logits equal the project's within 1e-4."""
     import torch
 
-    from common.convert import arch_from_path, load_into_model
-    from common.model import build_policy
+    from common.model.llama import build_policy
+    from common.weights.convert import arch_from_path, load_into_model
     from tests._export import check_export_matches
 
     arch, _ = arch_from_path(smollm2_dir)
@@ -76,14 +77,13 @@ def test_trained_smollm2_exports_to_transformers(smoke_run, smollm2_dir, world1)
 
 def test_missing_model_prints_the_fetch_command(tmp_path, monkeypatch):
     """Without the converted model the run stops before Ray with the exact command that makes it."""
-    import common.config
-    from common.config import load_config
-    from common.preflight import check_files
-    from recipes.smollm2_135m.run import GET_FILES
+    import common.config.load
+    from common.config.load import load_config, recipe_files
+    from common.run.preflight import check_files
 
-    monkeypatch.setattr(common.config, "PROJECT_ROOT", tmp_path)  # a checkout without models/
+    monkeypatch.setattr(common.config.load, "PROJECT_ROOT", tmp_path)  # a checkout without models/
     monkeypatch.chdir(tmp_path)
     cfg = load_config(ROOT / "recipes" / "smollm2_135m" / "config.yaml")
     with pytest.raises(ValueError) as e:
-        check_files(cfg, GET_FILES)
+        check_files(cfg, recipe_files(ROOT / "recipes" / "smollm2_135m"))
     assert ".venv/bin/python -m tools.fetch_smollm2 --out models/SmolLM2-135M-Instruct" in str(e.value)

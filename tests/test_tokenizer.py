@@ -2,8 +2,8 @@
 
 import pytest
 
-from common.prompts import read_prompts
-from common.tokenizer import LLAMA3_CHAT_TEMPLATE, load_tokenizer, render_prompt_ids, stop_token_ids
+from common.prompts.dataset import read_prompts
+from common.prompts.tokenizer import LLAMA3_CHAT_TEMPLATE, load_tokenizer, render_prompt_ids, stop_token_ids
 
 TOKENIZER_DIR = "assets/llama3_tokenizer"
 BOS, EOT = 128000, 128009
@@ -23,9 +23,15 @@ def test_known_ids(tok):
 def test_vocab_and_special_tokens(tok):
     assert len(tok) == 128256
     assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (BOS, EOT, EOT)
-    named = {"<|end_of_text|>": 128001, "<|reserved_special_token_0|>": 128002,
-             "<|start_header_id|>": 128006, "<|end_header_id|>": 128007, "<|eom_id|>": 128008,
-             "<|eot_id|>": 128009, "<|reserved_special_token_245|>": 128255}
+    named = {
+        "<|end_of_text|>": 128001,
+        "<|reserved_special_token_0|>": 128002,
+        "<|start_header_id|>": 128006,
+        "<|end_header_id|>": 128007,
+        "<|eom_id|>": 128008,
+        "<|eot_id|>": 128009,
+        "<|reserved_special_token_245|>": 128255,
+    }
     assert {t: tok.convert_tokens_to_ids(t) for t in named} == named
     assert tok.chat_template == LLAMA3_CHAT_TEMPLATE
 
@@ -33,8 +39,10 @@ def test_vocab_and_special_tokens(tok):
 def test_chat_rendering_matches_seed_format(tok):
     # seed-system.md, Data: the templated prompt, system turn only when non-empty.
     prompt = "Describe a quiet lake."
-    expected = ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
-                f"{prompt}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    expected = (
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
+        f"{prompt}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
     ids = render_prompt_ids(tok, prompt)
     assert tok.decode(ids) == expected
     assert ids == tok(expected, add_special_tokens=False)["input_ids"]
@@ -47,7 +55,8 @@ def test_chat_rendering_with_system_turn(tok):
     assert tok.decode(render_prompt_ids(tok, messages)) == (
         "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
         "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
-        "<|start_header_id|>assistant<|end_header_id|>\n\n")
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
 
 
 def test_single_bos(tok):
@@ -64,13 +73,16 @@ def test_stop_ids(tok):
     assert stop_token_ids(tok) == [128001, EOT]
 
 
-@pytest.mark.parametrize("prompt, problem", [
-    ("", "empty"),
-    ([{"role": "robot", "content": "hi"}], "role 'robot'"),
-    ([{"role": "user", "content": 3}], "content is a int"),
-    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], "must end with a user message"),
-    ("say <|eot_id|> now", "special token <|eot_id|>"),
-])
+@pytest.mark.parametrize(
+    "prompt, problem",
+    [
+        ("", "empty"),
+        ([{"role": "robot", "content": "hi"}], "role 'robot'"),
+        ([{"role": "user", "content": 3}], "content is a int"),
+        ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], "must end with a user message"),
+        ("say <|eot_id|> now", "special token <|eot_id|>"),
+    ],
+)
 def test_render_rejects_bad_prompts(tok, prompt, problem):
     with pytest.raises(ValueError, match="prompt.*" + problem.replace("|", r"\|")):
         render_prompt_ids(tok, prompt)

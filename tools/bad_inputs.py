@@ -63,7 +63,10 @@ def prompt_file(w: Path) -> None:
 
 
 def reward_modules(w: Path) -> None:
-    _write(w / "rw_missing_dep.py", "import nosuchpkg_for_rewards\n\ndef score(prompts, responses):\n    return [0.0] * len(responses)\n")
+    _write(
+        w / "rw_missing_dep.py",
+        "import nosuchpkg_for_rewards\n\ndef score(prompts, responses):\n    return [0.0] * len(responses)\n",
+    )
     _write(w / "rw_syntax.py", "def score(prompts, responses):\n    return [0.0 for r in responses\n")
     _write(w / "rw_count.py", "def score(prompts, responses):\n    return [0.0] * (len(responses) - 1)\n")
     _write(w / "rw_ok.py", "def score(prompts, responses):\n    return [float(len(r)) for r in responses]\n")
@@ -97,8 +100,14 @@ def hf_model(s: Path) -> None:
 
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(
-        vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True,
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
     )
     transformers.LlamaForCausalLM(cfg).save_pretrained(s / "hf")
 
@@ -125,105 +134,391 @@ def _r(*words: str) -> str:
 
 CASES = [
     # --- wrong: user files destroyed (now refused, files intact) --------------------------------------
-    Case("prepare_output_is_input", "wrong", "`data.prepare --input DIR --output DIR --overwrite`",
-         "python -m data.prepare --input {w}/shards --output {w}/shards --overwrite --tokenizer {tok}",
-         "is, contains or lies inside the input", shards),
-    Case("convert_out_not_checkpoint", "wrong", "`convert_checkpoint hf-to-mcore --out X`, X an existing folder that is not a checkpoint",
-         "python -m tools.convert_checkpoint hf-to-mcore --hf {s}/hf --out {w}/X", "is not only a checkpoint of this project", notes_dir),
-    Case("convert_out_is_hf", "wrong", "`convert_checkpoint hf-to-mcore --out` equal to `--hf`",
-         "python -m tools.convert_checkpoint hf-to-mcore --hf {s}/hf --out {s}/hf", "is, contains or lies inside --hf"),
+    Case(
+        "prepare_output_is_input",
+        "wrong",
+        "`data.prepare --input DIR --output DIR --overwrite`",
+        "python -m data.prepare --input {w}/shards --output {w}/shards --overwrite --tokenizer {tok}",
+        "is, contains or lies inside the input",
+        shards,
+    ),
+    Case(
+        "convert_out_not_checkpoint",
+        "wrong",
+        "`convert_checkpoint hf-to-mcore --out X`, X an existing folder that is not a checkpoint",
+        "python -m tools.convert_checkpoint hf-to-mcore --hf {s}/hf --out {w}/X",
+        "is not only a checkpoint of this project",
+        notes_dir,
+    ),
+    Case(
+        "convert_out_is_hf",
+        "wrong",
+        "`convert_checkpoint hf-to-mcore --out` equal to `--hf`",
+        "python -m tools.convert_checkpoint hf-to-mcore --hf {s}/hf --out {s}/hf",
+        "is, contains or lies inside --hf",
+    ),
     # --- unclear before ------------------------------------------------------------------------------
-    Case("actor_pool_0", "unclear", "`resource_pool.actor_rollout=0`", _r("resource_pool.actor_rollout=0"),
-         "resource_pool.actor_rollout=0: must be >= 1"),
-    Case("actor_pool_neg", "unclear", "`resource_pool.actor_rollout=-2`", _r("resource_pool.actor_rollout=-2"),
-         "resource_pool.actor_rollout=-2: must be >= 1"),
-    Case("nodes_other_ray", "unclear", "`--nodes 2` while another private Ray instance runs on the machine", _r("--nodes 2"),
-         "", pending="needs a live Ray instance: run by tests/test_run_endings.py (test_nodes_without_cluster_says_how_to_start_one): "
-         "\"no Ray cluster found; start one with `ray start --head ...` or set RAY_ADDRESS\", no run folder"),
-    Case("nodes_no_ray", "unclear", "`--nodes 2`, no Ray running", _r("--nodes 2"),
-         "", pending="run by tests/test_run_endings.py (test_nodes_without_cluster_says_how_to_start_one, "
-         "test_nodes_with_dead_ray_address): \"no Ray cluster found; ...\" / \"RAY_ADDRESS=...: nothing answers at ...\", no run folder"),
+    Case(
+        "actor_pool_0",
+        "unclear",
+        "`resource_pool.actor_rollout=0`",
+        _r("resource_pool.actor_rollout=0"),
+        "resource_pool.actor_rollout=0: must be >= 1",
+    ),
+    Case(
+        "actor_pool_neg",
+        "unclear",
+        "`resource_pool.actor_rollout=-2`",
+        _r("resource_pool.actor_rollout=-2"),
+        "resource_pool.actor_rollout=-2: must be >= 1",
+    ),
+    Case(
+        "nodes_other_ray",
+        "unclear",
+        "`--nodes 2` while another private Ray instance runs on the machine",
+        _r("--nodes 2"),
+        "",
+        pending="needs a live Ray instance: run by tests/test_run_endings.py (test_nodes_without_cluster_says_how_to_start_one): "
+        '"no Ray cluster found; start one with `ray start --head ...` or set RAY_ADDRESS", no run folder',
+    ),
+    Case(
+        "nodes_no_ray",
+        "unclear",
+        "`--nodes 2`, no Ray running",
+        _r("--nodes 2"),
+        "",
+        pending="run by tests/test_run_endings.py (test_nodes_without_cluster_says_how_to_start_one, "
+        'test_nodes_with_dead_ray_address): "no Ray cluster found; ..." / "RAY_ADDRESS=...: nothing answers at ...", no run folder',
+    ),
     Case("out_proc", "unclear", "`--out /proc/x`", _r("--out /proc/odpo_x"), "cannot create --out /proc/odpo_x"),
     Case("out_sys", "unclear", "`--out /sys/x`", _r("--out /sys/odpo_x"), "cannot create --out /sys/odpo_x"),
-    Case("out_read_only", "unclear", "`--out` on a read-only mount",
-         "unshare -m sh -c 'mount -t tmpfs -o ro,size=1m tmpfs {w}/ro && exec {root}/run.sh tiny --out {w}/ro/x'",
-         "Read-only file system", mount_point, via="shell", needs="mount"),
-    Case("out_under_file", "unclear", "`--out` under a regular file", _r("--out {w}/f.txt/run"), "is a file, not a folder; pick a writable path", a_file),
+    Case(
+        "out_read_only",
+        "unclear",
+        "`--out` on a read-only mount",
+        "unshare -m sh -c 'mount -t tmpfs -o ro,size=1m tmpfs {w}/ro && exec {root}/run.sh tiny --out {w}/ro/x'",
+        "Read-only file system",
+        mount_point,
+        via="shell",
+        needs="mount",
+    ),
+    Case(
+        "out_under_file",
+        "unclear",
+        "`--out` under a regular file",
+        _r("--out {w}/f.txt/run"),
+        "is a file, not a folder; pick a writable path",
+        a_file,
+    ),
     Case("out_is_file", "unclear", "`--out` that is a file", _r("--out {w}/f.txt"), "is a file, not a folder", a_file),
-    Case("reward_missing_dep", "unclear", "reward module that imports a missing dependency", _r("reward.function=rw_missing_dep:score"),
-         "rw_missing_dep.py failed: No module named 'nosuchpkg_for_rewards'; install it", reward_modules),
-    Case("reward_syntax", "unclear", "reward module with a SyntaxError", _r("reward.function=rw_syntax:score"),
-         "rw_syntax.py line 2: SyntaxError", reward_modules),
-    Case("reward_count", "unclear", "reward function returning one score fewer than responses", _r("reward.function=rw_count:score"),
-         "called on a dummy pair before the run, returned 1 scores for 2 responses", reward_modules),
-    Case("tokenizer_hub_id", "unclear", "`training.tokenizer_name_or_path=meta-llama/...` (a Hub id)",
-         _r("training.tokenizer_name_or_path=meta-llama/Llama-3.2-1B-Instruct"),
-         "a local folder is required (Hub ids are not downloaded); download it first"),
-    Case("data_raw_shards", "unclear", "`AR.data_path=` a folder of raw jsonl shards", _r(f"{AR}.data_path={{w}}/shards"),
-         "--output {w}/shards_prepared", shards),
-    Case("prepare_output_input_file", "unclear", "`data.prepare --output` = an input file",
-         "python -m data.prepare --input {w}/p.jsonl --output {w}/p.jsonl --tokenizer {tok}",
-         "--output must be a folder, not an input file", prompt_file),
-    Case("convert_missing_hf", "unclear", "`convert_checkpoint hf-to-mcore`, missing `--hf` folder",
-         "python -m tools.convert_checkpoint hf-to-mcore --hf {w}/missing --out {w}/o", "convert_checkpoint: error: HF model"),
-    Case("convert_tp3", "unclear", "`hf-to-mcore --tp 3` on a 4-head model",
-         "python -m tools.convert_checkpoint hf-to-mcore --hf {s}/hf --out {w}/o --tp 3", "convert_checkpoint: error: layout: TP=3 must divide"),
-    Case("convert_pp3", "unclear", "`hf-to-mcore --pp 3` on a 2-layer model",
-         "python -m tools.convert_checkpoint hf-to-mcore --hf {s}/hf --out {w}/o --pp 3", "convert_checkpoint: error: layout: PP=3 must divide"),
-    Case("convert_empty_ckpt", "unclear", "`mcore-to-hf` on an empty folder",
-         "python -m tools.convert_checkpoint mcore-to-hf --ckpt {w}/empty --out {w}/o", "convert_checkpoint: error: checkpoint", run_folders),
-    Case("convert_hf_as_ckpt", "unclear", "`mcore-to-hf` on a HF folder",
-         "python -m tools.convert_checkpoint mcore-to-hf --ckpt {s}/hf --out {w}/o", "is a Hugging Face model folder"),
+    Case(
+        "reward_missing_dep",
+        "unclear",
+        "reward module that imports a missing dependency",
+        _r("reward.function=rw_missing_dep:score"),
+        "rw_missing_dep.py failed: No module named 'nosuchpkg_for_rewards'; install it",
+        reward_modules,
+    ),
+    Case(
+        "reward_syntax",
+        "unclear",
+        "reward module with a SyntaxError",
+        _r("reward.function=rw_syntax:score"),
+        "rw_syntax.py line 2: SyntaxError",
+        reward_modules,
+    ),
+    Case(
+        "reward_count",
+        "unclear",
+        "reward function returning one score fewer than responses",
+        _r("reward.function=rw_count:score"),
+        "called on a dummy pair before the run, returned 1 scores for 2 responses",
+        reward_modules,
+    ),
+    Case(
+        "tokenizer_hub_id",
+        "unclear",
+        "`training.tokenizer_name_or_path=meta-llama/...` (a Hub id)",
+        _r("training.tokenizer_name_or_path=meta-llama/Llama-3.2-1B-Instruct"),
+        "a local folder is required (Hub ids are not downloaded); download it first",
+    ),
+    Case(
+        "data_raw_shards",
+        "unclear",
+        "`AR.data_path=` a folder of raw jsonl shards",
+        _r(f"{AR}.data_path={{w}}/shards"),
+        "--output {w}/shards_prepared",
+        shards,
+    ),
+    Case(
+        "prepare_output_input_file",
+        "unclear",
+        "`data.prepare --output` = an input file",
+        "python -m data.prepare --input {w}/p.jsonl --output {w}/p.jsonl --tokenizer {tok}",
+        "--output must be a folder, not an input file",
+        prompt_file,
+    ),
+    Case(
+        "convert_missing_hf",
+        "unclear",
+        "`convert_checkpoint hf-to-mcore`, missing `--hf` folder",
+        "python -m tools.convert_checkpoint hf-to-mcore --hf {w}/missing --out {w}/o",
+        "convert_checkpoint: error: HF model",
+    ),
+    Case(
+        "convert_tp3",
+        "unclear",
+        "`hf-to-mcore --tp 3` on a 4-head model",
+        "python -m tools.convert_checkpoint hf-to-mcore --hf {s}/hf --out {w}/o --tp 3",
+        "convert_checkpoint: error: layout: TP=3 must divide",
+    ),
+    Case(
+        "convert_pp3",
+        "unclear",
+        "`hf-to-mcore --pp 3` on a 2-layer model",
+        "python -m tools.convert_checkpoint hf-to-mcore --hf {s}/hf --out {w}/o --pp 3",
+        "convert_checkpoint: error: layout: PP=3 must divide",
+    ),
+    Case(
+        "convert_empty_ckpt",
+        "unclear",
+        "`mcore-to-hf` on an empty folder",
+        "python -m tools.convert_checkpoint mcore-to-hf --ckpt {w}/empty --out {w}/o",
+        "convert_checkpoint: error: checkpoint",
+        run_folders,
+    ),
+    Case(
+        "convert_hf_as_ckpt",
+        "unclear",
+        "`mcore-to-hf` on a HF folder",
+        "python -m tools.convert_checkpoint mcore-to-hf --ckpt {s}/hf --out {w}/o",
+        "is a Hugging Face model folder",
+    ),
     Case("lr_negative", "unclear", "`AR.lr=-1`", _r(f"{AR}.lr=-1"), "lr=-1.0: must be > 0"),
-    Case("train_mbs_0", "unclear", "`training.micro_batch_size=0`", _r("training.micro_batch_size=0"), "training.micro_batch_size=0: must be >= 1"),
-    Case("actor_mbs_0", "unclear", "`AR.micro_batch_size=0`", _r(f"{AR}.micro_batch_size=0"), "micro_batch_size=0: must be >= 1"),
-    Case("heads_0", "unclear", "`model.num_attention_heads=0`", _r("model.num_attention_heads=0"), "model.num_attention_heads=0: must be >= 1"),
+    Case(
+        "train_mbs_0",
+        "unclear",
+        "`training.micro_batch_size=0`",
+        _r("training.micro_batch_size=0"),
+        "training.micro_batch_size=0: must be >= 1",
+    ),
+    Case(
+        "actor_mbs_0",
+        "unclear",
+        "`AR.micro_batch_size=0`",
+        _r(f"{AR}.micro_batch_size=0"),
+        "micro_batch_size=0: must be >= 1",
+    ),
+    Case(
+        "heads_0",
+        "unclear",
+        "`model.num_attention_heads=0`",
+        _r("model.num_attention_heads=0"),
+        "model.num_attention_heads=0: must be >= 1",
+    ),
     # --- clear before: kept clear ---------------------------------------------------------------------
-    Case("misspelled_key", "clear", "misspelled key", _r("training.train_iter=5"), "nearest valid keys: training.train_iters"),
-    Case("iters_negative", "clear", "negative iterations", _r("training.train_iters=-3"), "train_iters=-3: must be > 0"),
+    Case(
+        "misspelled_key",
+        "clear",
+        "misspelled key",
+        _r("training.train_iter=5"),
+        "nearest valid keys: training.train_iters",
+    ),
+    Case(
+        "iters_negative", "clear", "negative iterations", _r("training.train_iters=-3"), "train_iters=-3: must be > 0"
+    ),
     Case("iters_zero", "clear", "zero iterations", _r("training.train_iters=0"), "train_iters=0: must be > 0"),
     Case("loss_type", "clear", "unknown loss type", _r("algorithm.loss_type=hinge"), "not one of sigmoid, ipo"),
     Case("beta_zero", "clear", "beta <= 0", _r("algorithm.beta=0"), "algorithm.beta=0.0: must be > 0"),
     Case("temperature_zero", "clear", "temperature <= 0", _r(f"{AR}.temperature=0"), "temperature=0.0: must be > 0"),
     Case("top_p", "clear", "top_p > 1", _r(f"{AR}.top_p=1.5"), "top_p=1.5: must be in (0, 1]"),
-    Case("one_sample", "clear", "n_samples_per_prompt = 1", _r(f"{AR}.n_samples_per_prompt=1"), "at least 2 responses per prompt"),
-    Case("batch_mini", "clear", "batch not divisible by mini-batch", _r("training.global_batch_size=6"), "not a multiple of"),
-    Case("batch_dp", "clear", "batch not divisible by DP size", _r("resource_pool.ref=3"), "not divisible by the data-parallel size 3"),
-    Case("tp_heads", "clear", "TP not dividing heads", _r(f"{AR}.tensor_model_parallel_size=4", "resource_pool.actor_rollout=4"), "TP=4 must divide"),
-    Case("devices_tp_pp", "clear", "devices not a multiple of TP x PP", _r("resource_pool.actor_rollout=3"), "is not a positive multiple of TP x PP"),
-    Case("seq_length", "clear", "seq_length < max_prompt_length", _r("training.seq_length=32"), "must be < training.seq_length=32"),
+    Case(
+        "one_sample",
+        "clear",
+        "n_samples_per_prompt = 1",
+        _r(f"{AR}.n_samples_per_prompt=1"),
+        "at least 2 responses per prompt",
+    ),
+    Case(
+        "batch_mini",
+        "clear",
+        "batch not divisible by mini-batch",
+        _r("training.global_batch_size=6"),
+        "not a multiple of",
+    ),
+    Case(
+        "batch_dp",
+        "clear",
+        "batch not divisible by DP size",
+        _r("resource_pool.ref=3"),
+        "not divisible by the data-parallel size 3",
+    ),
+    Case(
+        "tp_heads",
+        "clear",
+        "TP not dividing heads",
+        _r(f"{AR}.tensor_model_parallel_size=4", "resource_pool.actor_rollout=4"),
+        "TP=4 must divide",
+    ),
+    Case(
+        "devices_tp_pp",
+        "clear",
+        "devices not a multiple of TP x PP",
+        _r("resource_pool.actor_rollout=3"),
+        "is not a positive multiple of TP x PP",
+    ),
+    Case(
+        "seq_length",
+        "clear",
+        "seq_length < max_prompt_length",
+        _r("training.seq_length=32"),
+        "must be < training.seq_length=32",
+    ),
     Case("unknown_overlay", "clear", "unknown overlay", _r("--overlay nope"), "--overlay nope: no tiny/nope.yaml"),
     Case("nodes_zero", "clear", "`--nodes 0`", _r("--nodes 0"), "--nodes must be >= 1"),
     Case("nodes_word", "clear", "`--nodes two`", _r("--nodes two"), "invalid int value: 'two'"),
-    Case("out_existing_run", "clear", "`--out` an existing run", _r("--out {w}/old_run"), "folder exists and is not empty", run_folders),
-    Case("resume_missing", "clear", "`--resume` a folder that is no run", "./run.sh tiny --resume {w}/not_a_run", "no config.yaml there", run_folders),
-    Case("resume_no_ckpt", "clear", "`--resume` a run without checkpoints", "./run.sh tiny --resume {w}/old_run", "set training.save_interval", run_folders),
-    Case("resume_with_out", "clear", "`--resume` with `--out`", "./run.sh tiny --resume {w}/old_run --out {w}/o", "drop --out", run_folders),
-    Case("reward_module_missing", "clear", "missing reward module", _r("reward.function=no_such_module:score"), "no module 'no_such_module'"),
-    Case("reward_attr_missing", "clear", "missing reward attribute", _r("reward.function=rw_ok:nope"), "has no callable 'nope'", reward_modules),
-    Case("device_npu", "clear", "`device=npu` on CPU", _r("training.device=npu"), "device: 'npu' requested but torch_npu"),
+    Case(
+        "out_existing_run",
+        "clear",
+        "`--out` an existing run",
+        _r("--out {w}/old_run"),
+        "folder exists and is not empty",
+        run_folders,
+    ),
+    Case(
+        "resume_missing",
+        "clear",
+        "`--resume` a folder that is no run",
+        "./run.sh tiny --resume {w}/not_a_run",
+        "no config.yaml there",
+        run_folders,
+    ),
+    Case(
+        "resume_no_ckpt",
+        "clear",
+        "`--resume` a run without checkpoints",
+        "./run.sh tiny --resume {w}/old_run",
+        "set training.save_interval",
+        run_folders,
+    ),
+    Case(
+        "resume_with_out",
+        "clear",
+        "`--resume` with `--out`",
+        "./run.sh tiny --resume {w}/old_run --out {w}/o",
+        "drop --out",
+        run_folders,
+    ),
+    Case(
+        "reward_module_missing",
+        "clear",
+        "missing reward module",
+        _r("reward.function=no_such_module:score"),
+        "no module 'no_such_module'",
+    ),
+    Case(
+        "reward_attr_missing",
+        "clear",
+        "missing reward attribute",
+        _r("reward.function=rw_ok:nope"),
+        "has no callable 'nope'",
+        reward_modules,
+    ),
+    Case(
+        "device_npu", "clear", "`device=npu` on CPU", _r("training.device=npu"), "device: 'npu' requested but torch_npu"
+    ),
     Case("device_cuda", "clear", "`device=cuda` on CPU", _r("training.device=cuda"), "device: 'cuda' requested"),
     Case("device_gpu", "clear", "`device=gpu`", _r("training.device=gpu"), "not one of auto, cpu, cuda, npu"),
     Case("dtype_bf16", "clear", "`dtype=bf16` on CPU", _r("training.dtype=bf16"), "use training.dtype=fp32"),
     Case("load_missing", "clear", "missing `load=` path", _r(f"{AR}.load={{w}}/nothing"), "not found"),
-    Case("load_not_model", "clear", "`load=` a folder that is no model", _r(f"{AR}.load={{w}}/not_a_model"), "no config.json", run_folders),
-    Case("tokenizer_missing", "clear", "missing tokenizer", _r("training.tokenizer_name_or_path={w}/nothing"), "not found"),
+    Case(
+        "load_not_model",
+        "clear",
+        "`load=` a folder that is no model",
+        _r(f"{AR}.load={{w}}/not_a_model"),
+        "no config.json",
+        run_folders,
+    ),
+    Case(
+        "tokenizer_missing",
+        "clear",
+        "missing tokenizer",
+        _r("training.tokenizer_name_or_path={w}/nothing"),
+        "not found",
+    ),
     Case("data_csv", "clear", "`.csv` data", _r(f"{AR}.data_path={{w}}/p.csv"), "unknown file type", data_files),
-    Case("parquet_no_prompt", "clear", "parquet without a prompt column", _r(f"{AR}.data_path={{w}}/noprompt.parquet"), "no `prompt` column", data_files),
-    Case("empty_prompt", "clear", "an empty prompt", _r(f"{AR}.data_path={{w}}/empty_prompt.jsonl"), "row 1: the prompt is empty", data_files),
-    Case("prompts_too_long", "clear", "all prompts too long", _r(f"{AR}.max_prompt_length=2"), "are longer than max_prompt_length=2"),
-    Case("empty_data_folder", "clear", "an empty data folder", _r(f"{AR}.data_path={{w}}/empty_dir"), "not a dataset written by data.prepare", data_files),
-    Case("prepare_no_tokenizer", "clear", "data.prepare without `--tokenizer`", "python -m data.prepare --input {w}/p.jsonl --output {w}/o",
-         "the following arguments are required: --tokenizer", prompt_file),
-    Case("prepare_existing_output", "clear", "data.prepare into an existing output folder",
-         "python -m data.prepare --input {w}/p.jsonl --output {w}/X --tokenizer {tok}", "already exists", lambda w: (prompt_file(w), notes_dir(w))),
-    Case("prepare_map_keys", "clear", "bad `--map-keys`", "python -m data.prepare --input {w}/p.jsonl --output {w}/o --tokenizer {tok} --map-keys '{{\"answer\": \"x\"}}'",
-         "unknown key(s) answer", prompt_file),
+    Case(
+        "parquet_no_prompt",
+        "clear",
+        "parquet without a prompt column",
+        _r(f"{AR}.data_path={{w}}/noprompt.parquet"),
+        "no `prompt` column",
+        data_files,
+    ),
+    Case(
+        "empty_prompt",
+        "clear",
+        "an empty prompt",
+        _r(f"{AR}.data_path={{w}}/empty_prompt.jsonl"),
+        "row 1: the prompt is empty",
+        data_files,
+    ),
+    Case(
+        "prompts_too_long",
+        "clear",
+        "all prompts too long",
+        _r(f"{AR}.max_prompt_length=2"),
+        "are longer than max_prompt_length=2",
+    ),
+    Case(
+        "empty_data_folder",
+        "clear",
+        "an empty data folder",
+        _r(f"{AR}.data_path={{w}}/empty_dir"),
+        "not a dataset written by data.prepare",
+        data_files,
+    ),
+    Case(
+        "prepare_no_tokenizer",
+        "clear",
+        "data.prepare without `--tokenizer`",
+        "python -m data.prepare --input {w}/p.jsonl --output {w}/o",
+        "the following arguments are required: --tokenizer",
+        prompt_file,
+    ),
+    Case(
+        "prepare_existing_output",
+        "clear",
+        "data.prepare into an existing output folder",
+        "python -m data.prepare --input {w}/p.jsonl --output {w}/X --tokenizer {tok}",
+        "already exists",
+        lambda w: (prompt_file(w), notes_dir(w)),
+    ),
+    Case(
+        "prepare_map_keys",
+        "clear",
+        "bad `--map-keys`",
+        'python -m data.prepare --input {w}/p.jsonl --output {w}/o --tokenizer {tok} --map-keys \'{{"answer": "x"}}\'',
+        "unknown key(s) answer",
+        prompt_file,
+    ),
     Case("seed_negative", "clear", "a negative seed", _r("training.seed=-1"), "seed=-1"),
     Case("unknown_recipe", "clear", "an unknown recipe", "./run.sh nope", "unknown recipe 'nope'", via="shell"),
-    Case("value_wrong_type", "clear", "a value of the wrong type", _r("training.train_iters=abc"), "could not be converted to Integer"),
-    Case("overlay_bad_yaml", "clear", "an overlay that is not valid YAML", _r("--overlay {w}/bad.yaml"), "bad.yaml: not valid YAML",
-         lambda w: _write(w / "bad.yaml", "training:\n  train_iters: [1\n")),
+    Case(
+        "value_wrong_type",
+        "clear",
+        "a value of the wrong type",
+        _r("training.train_iters=abc"),
+        "could not be converted to Integer",
+    ),
+    Case(
+        "overlay_bad_yaml",
+        "clear",
+        "an overlay that is not valid YAML",
+        _r("--overlay {w}/bad.yaml"),
+        "bad.yaml: not valid YAML",
+        lambda w: _write(w / "bad.yaml", "training:\n  train_iters: [1\n"),
+    ),
     Case("override_no_equals", "clear", "an override without `=`", _r("training.train_iters"), "not key=value"),
 ]
 
@@ -255,7 +550,7 @@ def _in_process(words: list[str]) -> tuple[int, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
         try:
             if words[0] == "./run.sh":
-                from common import session
+                from common.run import session
 
                 session.start_ray = _reached_ray  # a case that gets this far was not refused in time
                 session.BackgroundRay = _NoBackgroundRay  # nor one that waits for the private instance
@@ -309,8 +604,10 @@ class _NoBackgroundRay:
 
 
 def can_mount() -> bool:
-    return shutil.which("unshare") is not None and subprocess.run(
-        ["unshare", "-m", "true"], capture_output=True).returncode == 0
+    return (
+        shutil.which("unshare") is not None
+        and subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
+    )
 
 
 def run_case(case: Case, w: Path, s: Path) -> dict:
@@ -322,8 +619,14 @@ def run_case(case: Case, w: Path, s: Path) -> dict:
     start = time.monotonic()
     if case.via == "shell":
         words = [str(ROOT / "run.sh"), *words[1:]] if words[0] == "./run.sh" else words
-        proc = subprocess.run(words, cwd=w, capture_output=True, text=True, timeout=300,
-                              env={**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")})
+        proc = subprocess.run(
+            words,
+            cwd=w,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")},
+        )
         rc, output = proc.returncode, proc.stdout + proc.stderr
     else:
         cwd = os.getcwd()
@@ -336,9 +639,15 @@ def run_case(case: Case, w: Path, s: Path) -> dict:
     seconds = time.monotonic() - start
     after = _snapshot(w, s)
     changed = sorted(set(before) ^ set(after) | {k for k in before.keys() & after.keys() if before[k] != after[k]})
-    return {"id": case.id, "rc": rc, "output": output, "seconds": round(seconds, 2),
-            "changed": [c.replace(str(w), "{w}").replace(str(s), "{s}") for c in changed],
-            "w": str(w), "s": str(s)}
+    return {
+        "id": case.id,
+        "rc": rc,
+        "output": output,
+        "seconds": round(seconds, 2),
+        "changed": [c.replace(str(w), "{w}").replace(str(s), "{s}") for c in changed],
+        "w": str(w),
+        "s": str(s),
+    }
 
 
 def run_all(cases: list[Case], root: Path) -> dict[str, dict]:
@@ -385,8 +694,17 @@ def table(results: dict[str, dict]) -> str:
     ]
     rows = []
     for case in CASES:
-        command = "`" + case.command.replace("{w}", "$W").replace("{s}", "$S").replace("{tok}", "assets/llama3_tokenizer") \
-            .replace("{root}", "<checkout>").replace("{{", "{").replace("}}", "}").replace("|", "\\|") + "`"
+        command = (
+            "`"
+            + case.command.replace("{w}", "$W")
+            .replace("{s}", "$S")
+            .replace("{tok}", "assets/llama3_tokenizer")
+            .replace("{root}", "<checkout>")
+            .replace("{{", "{")
+            .replace("}}", "}")
+            .replace("|", "\\|")
+            + "`"
+        )
         r = results.get(case.id)
         if case.pending:
             cells = ["", "", f"pending: {case.pending}"]
@@ -419,7 +737,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_table:
         Path(args.write_table).write_text(table(results))
     for r in results.values():
-        print(f"{r['id']:28s} rc={r['rc']} {r['seconds']:6.1f}s {message(r).splitlines()[0][:90] if message(r) else ''}", file=sys.stderr)
+        print(
+            f"{r['id']:28s} rc={r['rc']} {r['seconds']:6.1f}s {message(r).splitlines()[0][:90] if message(r) else ''}",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -7,7 +7,7 @@
 The kind follows the HF config: LlamaForCausalLM -> policy, LlamaForSequenceClassification with
 num_labels=1 -> reward model (its `score` head is our ScalarHead). Tensors keep their dtype unless
 --dtype is given (the workers cast on load). The Megatron format (one safetensors file per
-(TP rank, PP stage) + arch.json + meta.json) is described in common/convert.py; it loads into any
+(TP rank, PP stage) + arch.json + meta.json) is described in common/weights/convert.py; it loads into any
 TP/PP, so --tp/--pp here only choose the fast path (a direct shard copy). Runs in one process on
 CPU, no torch.distributed; peak memory is about two pipeline stages' weights.
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common.dtypes import DTYPE_NAMES
+from common.config.dtypes import DTYPE_NAMES
 
 
 def _progress(total: int, desc: str):
@@ -37,26 +37,36 @@ def _progress(total: int, desc: str):
 
 
 def _dtype(name: str | None):
-    from common.dtypes import torch_dtype
+    from common.config.dtypes import torch_dtype
 
     return None if name is None else torch_dtype(name)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tools.convert_checkpoint", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1],
+        prog="python -m tools.convert_checkpoint",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
     )
     sub = parser.add_subparsers(dest="command", required=True)
     to_mcore = sub.add_parser("hf-to-mcore", help="HF model directory -> Megatron checkpoint (TP x PP)")
     to_mcore.add_argument("--hf", required=True, help="HF directory: config.json + *.safetensors")
-    to_mcore.add_argument("--out", required=True, help="checkpoint folder to write: new, empty, or a checkpoint of this project (replaced)")
+    to_mcore.add_argument(
+        "--out",
+        required=True,
+        help="checkpoint folder to write: new, empty, or a checkpoint of this project (replaced)",
+    )
     to_mcore.add_argument("--tp", type=int, default=1, help="tensor-parallel size (divides the KV-head count)")
     to_mcore.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (divides the layer count)")
     to_mcore.add_argument("--dtype", choices=DTYPE_NAMES, help="cast tensors (default: keep)")
     to_hf = sub.add_parser("mcore-to-hf", help="Megatron checkpoint (any TP x PP) -> HF model directory")
-    to_hf.add_argument("--ckpt", required=True, help="checkpoint directory (meta.json, arch.json, model_tp*_pp*.safetensors)")
-    to_hf.add_argument("--out", required=True, help="HF folder to write: new, empty, or an earlier mcore-to-hf export (replaced)")
+    to_hf.add_argument(
+        "--ckpt", required=True, help="checkpoint directory (meta.json, arch.json, model_tp*_pp*.safetensors)"
+    )
+    to_hf.add_argument(
+        "--out", required=True, help="HF folder to write: new, empty, or an earlier mcore-to-hf export (replaced)"
+    )
     to_hf.add_argument("--tokenizer", help="HF tokenizer directory whose files (and chat template) are copied")
     to_hf.add_argument("--dtype", choices=DTYPE_NAMES, help="cast tensors (default: keep)")
     reshard = sub.add_parser("reshard", help="Megatron checkpoint -> the same weights for another TP x PP")
@@ -74,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from common import convert, hf_format, weight_layout
+    from common.model import weight_layout
+    from common.weights import convert, hf_format
 
     if args.command == "hf-to-mcore":
         cfg = hf_format.read_hf_config(args.hf)
@@ -106,7 +117,12 @@ def _run(args: argparse.Namespace) -> int:
         )
         with _progress(total, f"reshard tp={args.tp} pp={args.pp}") as bar:
             convert.write_checkpoint(
-                args.out, reader, reader.arch, reward=reader.reward, tp=args.tp, pp=args.pp,
+                args.out,
+                reader,
+                reader.arch,
+                reward=reader.reward,
+                tp=args.tp,
+                pp=args.pp,
                 hf_config=reader.optional_json("hf_config.json"),
                 hf_generation_config=reader.optional_json("hf_generation_config.json"),
                 progress=bar.update,

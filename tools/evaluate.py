@@ -49,9 +49,9 @@ def _free_port() -> int:
 
 def _policy(cfg, load: str | None, dtype, device):
     """A policy at TP=PP=1: the weights at ``load`` or the run's random init (``model``, seed)."""
-    from common.arch import LlamaArch
-    from common.convert import arch_from_path, load_into_model
-    from common.model import build_policy
+    from common.config.arch import LlamaArch
+    from common.model.llama import build_policy
+    from common.weights.convert import arch_from_path, load_into_model
 
     if load is None:
         from omegaconf import OmegaConf
@@ -68,11 +68,11 @@ def _reward_model_scorer(cfg, dtype, device):
     """(sequences, stop ids) -> scores with the run's reward model, in this process."""
     from omegaconf import OmegaConf
 
-    from common.arch import LlamaArch
-    from common.convert import arch_from_path, load_into_model
-    from common.model import build_reward_model
-    from common.sequences import pad_batch, score_positions
-    from common.logprobs import causal_padding_mask
+    from common.config.arch import LlamaArch
+    from common.model.llama import build_reward_model
+    from common.train.logprobs import causal_padding_mask
+    from common.train.sequences import pad_batch, score_positions
+    from common.weights.convert import arch_from_path, load_into_model
 
     r = cfg.reward
     if r.load is None:
@@ -101,8 +101,8 @@ def _reward_model_scorer(cfg, dtype, device):
 
 @torch.no_grad()
 def _sample(model, prompts_ids, cfg, new_tokens, eos_ids, seed, batch_size):
-    from common.generation import generate
-    from common.sampling import sample_key
+    from common.generate.generation import generate
+    from common.generate.sampling import sample_key
 
     a = cfg.actor_rollout_ref.actor_rollout
     # prompt i draws with the same key under both policies: the comparison is paired
@@ -118,8 +118,8 @@ def _sample(model, prompts_ids, cfg, new_tokens, eos_ids, seed, batch_size):
 
 @torch.no_grad()
 def _summed_logps(model, seqs, batch_size: int = 8) -> list[float]:
-    from common.logprobs import token_logprobs
-    from common.sequences import pad_batch, summed_response_logps
+    from common.train.logprobs import token_logprobs
+    from common.train.sequences import pad_batch, summed_response_logps
 
     out = []
     for start in range(0, len(seqs), batch_size):
@@ -128,29 +128,36 @@ def _summed_logps(model, seqs, batch_size: int = 8) -> list[float]:
     return out
 
 
-def evaluate(run_dir: Path, prompts_path: str, reward: str | None, n: int | None, batch_size: int, seed: int | None) -> dict:
-    from common import parallel
-    from common.config import load_config, max_new_tokens, role_load
-    from common.device import resolve_device
-    from common.final import FINAL
-    from common.pairs import apply_missing_eos_penalty
-    from common.messages import prompt_text
-    from common.prompts import load_prompt_dataset
-    from common.reward_terms import build_rewards
-    from common.sequences import Sequence, has_eos
-    from common.tokenizer import load_tokenizer, stop_token_ids
+def evaluate(
+    run_dir: Path, prompts_path: str, reward: str | None, n: int | None, batch_size: int, seed: int | None
+) -> dict:
+    from common.config.load import load_config
+    from common.config.roles import max_new_tokens, role_load
+    from common.device.backend import resolve_device
+    from common.model import parallel
+    from common.prompts.dataset import load_prompt_dataset
+    from common.prompts.messages import prompt_text
+    from common.prompts.tokenizer import load_tokenizer, stop_token_ids
+    from common.reward.terms import build_rewards
+    from common.run.final import FINAL
+    from common.train.pairs import apply_missing_eos_penalty
+    from common.train.sequences import Sequence, has_eos
 
     cfg = load_config(run_dir / "config.yaml")
     final = run_dir / FINAL
     if not (final / "meta.json").is_file():
-        raise ValueError(f"--run {run_dir}: no {FINAL}/ checkpoint; it is written when a run completes (run it to the end)")
+        raise ValueError(
+            f"--run {run_dir}: no {FINAL}/ checkpoint; it is written when a run completes (run it to the end)"
+        )
     a = cfg.actor_rollout_ref.actor_rollout
     tok = load_tokenizer(cfg.training.tokenizer_name_or_path)
     eos_ids = stop_token_ids(tok)
     ids, raw, dropped = load_prompt_dataset(prompts_path, tok, a.max_prompt_length)
     if n is not None:
         if n > len(ids):
-            raise ValueError(f"--n {n}: {prompts_path} has only {len(ids)} usable prompts ({dropped} too long); lower --n")
+            raise ValueError(
+                f"--n {n}: {prompts_path} has only {len(ids)} usable prompts ({dropped} too long); lower --n"
+            )
         ids, raw = ids[:n], raw[:n]
     rewards = build_rewards(cfg.reward, tok, reward)
     seed = cfg.training.seed if seed is None else seed
@@ -179,7 +186,9 @@ def evaluate(run_dir: Path, prompts_path: str, reward: str | None, n: int | None
         scores, texts = {}, {}
         for name in ("initial", "trained"):
             texts[name] = [tok.decode(r, skip_special_tokens=True) for r in responses[name]]
-            flat = rewards.score(raw, texts[name], [Sequence(p, r) for p, r in zip(ids, responses[name])], eos_ids, model_scorer)
+            flat = rewards.score(
+                raw, texts[name], [Sequence(p, r) for p, r in zip(ids, responses[name])], eos_ids, model_scorer
+            )
             has_eos_N1 = torch.tensor([[has_eos(r, set(eos_ids))] for r in responses[name]])
             penalty = None if reward is not None else a.missing_eos_penalty  # --reward: the function alone
             scores[name] = apply_missing_eos_penalty(torch.tensor(flat)[:, None], has_eos_N1, penalty)[:, 0].tolist()
@@ -204,10 +213,21 @@ def evaluate(run_dir: Path, prompts_path: str, reward: str | None, n: int | None
         "kl": sum(kl) / len(kl),
         "kl_ci95": _mean_ci(kl)["ci95"],
         "missing_eos_penalty": None if reward is not None else a.missing_eos_penalty,
-        "sampling": {"temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p, "max_new_tokens": max_new_tokens(cfg), "seed": seed},
+        "sampling": {
+            "temperature": a.temperature,
+            "top_k": a.top_k,
+            "top_p": a.top_p,
+            "max_new_tokens": max_new_tokens(cfg),
+            "seed": seed,
+        },
         "samples": [
-            {"prompt": prompt_text(p), "initial": texts["initial"][k], "trained": texts["trained"][k],
-             "score_initial": scores["initial"][k], "score_trained": scores["trained"][k]}
+            {
+                "prompt": prompt_text(p),
+                "initial": texts["initial"][k],
+                "trained": texts["trained"][k],
+                "score_initial": scores["initial"][k],
+                "score_trained": scores["trained"][k],
+            }
             for k, p in enumerate(raw)
         ],  # fmt: skip
     }
@@ -225,15 +245,23 @@ def print_report(result: dict, show: int) -> None:
     print(f"{'win rate (ties 1/2)':<22}{result['win_rate']:>10.3f}  {ci('win_rate_ci95')}")
     print(f"{'KL(trained || ref)':<22}{result['kl']:>10.4f}  {ci('kl_ci95')}")
     for s in result["samples"][:show]:
-        print(f"\nprompt: {s['prompt']}\n  before ({s['score_initial']:+.3f}): {s['initial']!r}\n  after  ({s['score_trained']:+.3f}): {s['trained']!r}")
+        print(
+            f"\nprompt: {s['prompt']}\n  before ({s['score_initial']:+.3f}): {s['initial']!r}\n  after  ({s['score_trained']:+.3f}): {s['trained']!r}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.evaluate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 2)[2])
+    p = argparse.ArgumentParser(
+        prog="python -m tools.evaluate",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 2)[2],
+    )
     p.add_argument("--run", required=True, type=Path, help="a run folder (config.yaml + final/)")
     p.add_argument("--prompts", required=True, help="held-out prompts: .jsonl/.parquet with a `prompt` column")
-    p.add_argument("--reward", default=None, metavar="module:callable", help="score with this function instead of the run's reward")
+    p.add_argument(
+        "--reward", default=None, metavar="module:callable", help="score with this function instead of the run's reward"
+    )
     p.add_argument("--n", type=int, default=None, help="the first N prompts (default: all)")
     p.add_argument("--out", required=True, type=Path, help="JSON file to write")
     p.add_argument("--batch-size", type=int, default=16, help="prompts sampled together")

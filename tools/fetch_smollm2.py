@@ -56,13 +56,13 @@ def save_tokenizer(out: Path) -> None:
 
 
 def save_model(out: Path) -> None:
-    """Dequantized fp32 HF directory with the tokenizer (atomic: common.hf_format.save_hf)."""
+    """Dequantized fp32 HF directory with the tokenizer (atomic: common.weights.hf_format.save_hf)."""
     import tempfile
 
     import torch
     import transformers
 
-    from common.hf_format import save_hf
+    from common.weights.hf_format import save_hf
 
     gguf = gguf_path()
     model = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)

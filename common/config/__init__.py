@@ -1,0 +1,3 @@
+"""The recipe config: its typed schema, loading with overlays and overrides, validation, role questions, the architecture and dtype names.
+
+May import: common.util."""
