@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     from common.model import parallel
     from common.model.llama import build_policy, build_reward_model
     from common.reward.forward import shared_prompt_scores
-    from common.train.dpo import dpo_losses, microbatch_dpo_loss, pair_sequences
+    from common.train.dpo import dpo_losses, microbatch_dpo_loss, pair_items, pair_sequences
     from common.train.optimizer import AdamSettings, build_actor_optimizer, train_step
     from common.train.pairs import apply_missing_eos_penalty, select_pairs
     from common.train.schedule import run_microbatches
@@ -351,16 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     model, optimizer, scheduler = phases.run(
         "optimizer", lambda: build_actor_optimizer(actor, settings, dtype=dtype, total_steps=total_steps)
     )
-    items = [
-        {
-            "prompt_ids": c.prompt_ids,
-            "chosen_ids": c.response_ids,
-            "rejected_ids": r.response_ids,
-            "ref_chosen": rc,
-            "ref_rejected": rr,
-        }
-        for c, r, rc, rr in zip(chosen, rejected, ref_chosen, ref_rejected)
-    ]
+    items = pair_items(chosen, rejected, ref_chosen, ref_rejected)
     seqs, refs = pair_sequences(items, a.micro_batch_size)
     train_batches = micro_batches(seqs, 2 * a.micro_batch_size, torch_device, {"ref": refs})
     loss_fn = microbatch_dpo_loss(beta=alg.beta, loss_type=alg.loss_type)

@@ -16,7 +16,7 @@ from common.generate.sampling import sample_key
 from common.prompts.dataset import PromptBatch
 from common.prompts.messages import prompt_text
 from common.reward.terms import Rewards
-from common.train.dpo import dpo_metrics
+from common.train.dpo import dpo_metrics, pair_items
 from common.train.health import check_finite, check_loss_scale
 from common.train.pairs import Pairs, apply_missing_eos_penalty
 from common.train.sequences import Sequence, has_eos
@@ -121,16 +121,7 @@ def train_on_pairs(
     mini_batch_per_rank: int,
 ) -> TrainResult:
     """DPO update; each data-parallel rank trains on its own contiguous slice of the pairs."""
-    items = [
-        {
-            "prompt_ids": c.prompt_ids,
-            "chosen_ids": c.response_ids,
-            "rejected_ids": r.response_ids,
-            "ref_chosen": rc,
-            "ref_rejected": rr,
-        }
-        for c, r, rc, rr in zip(chosen, rejected, ref_chosen, ref_rejected)
-    ]
+    items = pair_items(chosen, rejected, ref_chosen, ref_rejected)
     per_dp = actor.train(items, mini_batch_per_rank)  # one result per data-parallel rank
     local = len(items) // actor.dp_size  # with ppo_epochs > 1 a rank returns every epoch's values: keep the first
     steps = per_dp[0]["grad_norm"]  # one per optimizer step; None: a step fp16 skipped

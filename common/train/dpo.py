@@ -93,6 +93,21 @@ def microbatch_dpo_loss(*, beta: float, loss_type: str):
     return loss_fn
 
 
+def pair_items(chosen: list, rejected: list, ref_chosen: list[float], ref_rejected: list[float]) -> list[dict]:
+    """The pairs as the actor's ``train`` takes them (plain values, sent through Ray): one dict per pair
+    of ``Sequence`` s with the reference's summed log-prob of each member."""
+    return [
+        {
+            "prompt_ids": c.prompt_ids,
+            "chosen_ids": c.response_ids,
+            "rejected_ids": r.response_ids,
+            "ref_chosen": rc,
+            "ref_rejected": rr,
+        }
+        for c, r, rc, rr in zip(chosen, rejected, ref_chosen, ref_rejected)
+    ]
+
+
 def pair_sequences(pairs: list[dict], micro_batch_size: int):
     """The actor's sequence layout for ``microbatch_dpo_loss``: per micro-batch of
     ``micro_batch_size`` pairs, the chosen sequences then the rejected ones -> (sequences, the

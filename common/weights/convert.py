@@ -36,14 +36,33 @@ from pathlib import Path
 
 import torch
 
-from common.util.atomic_files import ReplaceCheck, atomic_dir, publish_dir, temp_dir, temp_path
-from common.weights.hf_format import (
-    EXPORT_MARKER, TOKENIZER_FILES, HFSafetensors, arch_from_hf_config, check_arch, full_to_hf, hf_config_from_arch,
-    hf_to_full_check_keys, is_reward_config, load_hf_into_model, read_hf_config, save_hf, save_safetensors, write_json,
-)
 from common.model.llama import LlamaArch, RewardModel
 from common.model.weight_layout import (
-    check_layout, full_source_name, global_names, hf_full_tensor, megatron_param_names, merge_shards, padded_vocab_size, shard,
+    check_layout,
+    full_source_name,
+    global_names,
+    hf_full_tensor,
+    megatron_param_names,
+    merge_shards,
+    padded_vocab_size,
+    shard,
+)
+from common.util.atomic_files import ReplaceCheck, atomic_dir, publish_dir, temp_dir, temp_path
+from common.weights.hf_format import (
+    EXPORT_MARKER,
+    TOKENIZER_FILES,
+    HFSafetensors,
+    arch_from_hf_config,
+    check_arch,
+    full_to_hf,
+    hf_config_from_arch,
+    hf_to_full_check_keys,
+    is_reward_config,
+    load_hf_into_model,
+    read_hf_config,
+    save_hf,
+    save_safetensors,
+    write_json,
 )
 
 FORMAT = "odpo-megatron"
@@ -59,12 +78,27 @@ Progress = Callable[[int], None] | None  # called with the number of tensors jus
 # when it is this module's own output of the same kind and holds nothing else: a converter must
 # never delete what a user put there (a notes.txt, a source model).
 _OWN_FILES = {
-    "checkpoint": ("meta.json", "arch.json", "hf_config.json", "hf_generation_config.json", "model_tp*_pp*.safetensors"),
-    "hf-export": (EXPORT_MARKER, "config.json", "generation_config.json", "model.safetensors",
-                  "model-*-of-*.safetensors", "model.safetensors.index.json", *TOKENIZER_FILES),
+    "checkpoint": (
+        "meta.json",
+        "arch.json",
+        "hf_config.json",
+        "hf_generation_config.json",
+        "model_tp*_pp*.safetensors",
+    ),
+    "hf-export": (
+        EXPORT_MARKER,
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "model-*-of-*.safetensors",
+        "model.safetensors.index.json",
+        *TOKENIZER_FILES,
+    ),
 }
-_KIND_NAMES = {"checkpoint": "a checkpoint of this project (meta.json + arch.json)",
-               "hf-export": f"a Hugging Face folder written by mcore-to-hf ({EXPORT_MARKER})"}
+_KIND_NAMES = {
+    "checkpoint": "a checkpoint of this project (meta.json + arch.json)",
+    "hf-export": f"a Hugging Face folder written by mcore-to-hf ({EXPORT_MARKER})",
+}
 
 
 def output_kind(path: str | os.PathLike) -> str | None:
@@ -87,8 +121,10 @@ def check_output_dir(out_dir: str | os.PathLike, kind: str, inputs: Mapping[str,
             continue
         src = Path(os.path.realpath(path))
         if out == src or src.is_relative_to(out) or out.is_relative_to(src):
-            raise ValueError(f"--out {out_dir}: is, contains or lies inside {option} {path}, which would be "
-                             f"replaced; --out must be a separate new folder")
+            raise ValueError(
+                f"--out {out_dir}: is, contains or lies inside {option} {path}, which would be "
+                f"replaced; --out must be a separate new folder"
+            )
     if not os.path.lexists(out_dir):
         return
     if not Path(out_dir).is_dir():
@@ -99,8 +135,10 @@ def check_output_dir(out_dir: str | os.PathLike, kind: str, inputs: Mapping[str,
     theirs = [n for n in found if not any(fnmatch.fnmatch(n, pat) for pat in _OWN_FILES[kind])]
     if output_kind(out_dir) != kind or theirs:
         detail = f"it holds {', '.join((theirs or found)[:4])}{', ...' if len(theirs or found) > 4 else ''}"
-        raise ValueError(f"--out {out_dir}: exists and is not only {_KIND_NAMES[kind]} ({detail}); "
-                         "nothing there is deleted: pick a new folder, or remove it yourself")
+        raise ValueError(
+            f"--out {out_dir}: exists and is not only {_KIND_NAMES[kind]} ({detail}); "
+            "nothing there is deleted: pick a new folder, or remove it yourself"
+        )
 
 
 def may_replace(kind: str) -> ReplaceCheck:
@@ -118,8 +156,13 @@ def shard_file_name(tp_rank: int, pp_rank: int) -> str:
 
 def _meta(arch: LlamaArch, kind: str, tp: int, pp: int) -> dict:
     return {
-        "format": FORMAT, "version": FORMAT_VERSION, "kind": kind, "tp": tp, "pp": pp,
-        "vocab_size": arch.vocab_size, "padded_vocab_size": padded_vocab_size(arch.vocab_size, tp),
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "kind": kind,
+        "tp": tp,
+        "pp": pp,
+        "vocab_size": arch.vocab_size,
+        "padded_vocab_size": padded_vocab_size(arch.vocab_size, tp),
     }
 
 
@@ -370,9 +413,7 @@ def gather_full_state_dict(model, arch: LlamaArch, reward: bool | None = None) -
 
 
 @torch.no_grad()
-def save_checkpoint(
-    model, out_dir: str | os.PathLike, arch: LlamaArch, *, hf_config: dict | None = None
-) -> None:
+def save_checkpoint(model, out_dir: str | os.PathLike, arch: LlamaArch, *, hf_config: dict | None = None) -> None:
     """Collective over the model's world: write this project's Megatron checkpoint of a live
     model, each (TP, PP) rank of DP rank 0 writing its own shard file (no gathering). `out_dir`
     must be on a file system every rank sees; global rank 0 publishes it atomically."""
@@ -427,8 +468,15 @@ def export_hf(
         config = hf_config_from_arch(reader.arch, reward=reader.reward)
     generation_config = reader.optional_json("hf_generation_config.json")
     marker = {"format": "odpo-hf-export", "version": 1, "source_kind": reader.meta["kind"]}
-    save_hf(out_dir, hf_sd, config, tokenizer_dir, generation_config=generation_config, marker=marker,
-            may_replace=may_replace("hf-export"))
+    save_hf(
+        out_dir,
+        hf_sd,
+        config,
+        tokenizer_dir,
+        generation_config=generation_config,
+        marker=marker,
+        may_replace=may_replace("hf-export"),
+    )
 
 
 def import_hf(
@@ -451,9 +499,15 @@ def import_hf(
     gen_path = Path(hf_dir) / "generation_config.json"
     gen = json.loads(gen_path.read_text()) if gen_path.is_file() else None
     write_checkpoint(
-        out_dir, FullFromHF(hf, arch, reward), arch, reward=reward, tp=tp, pp=pp,
-        hf_config=cfg, hf_generation_config=gen, dtype=dtype, progress=progress,
+        out_dir,
+        FullFromHF(hf, arch, reward),
+        arch,
+        reward=reward,
+        tp=tp,
+        pp=pp,
+        hf_config=cfg,
+        hf_generation_config=gen,
+        dtype=dtype,
+        progress=progress,
     )
     return arch, reward
-
-

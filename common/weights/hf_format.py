@@ -21,19 +21,25 @@ from pathlib import Path
 
 import torch
 
-from common.util.atomic_files import ReplaceCheck, atomic_dir
 from common.model.llama import LlamaArch, RewardModel, load_hf_llama_state_dict
 from common.model.weight_layout import hf_full_tensor, megatron_param_names
+from common.util.atomic_files import ReplaceCheck, atomic_dir
 
 POLICY_ARCHITECTURE = "LlamaForCausalLM"
 REWARD_ARCHITECTURE = "LlamaForSequenceClassification"
 EXPORT_MARKER = "odpo_export.json"  # in every HF folder export_hf writes; says "ours, replaceable"
 TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-    "chat_template.json", "tokenizer.model", "added_tokens.json", "vocab.json", "merges.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "tokenizer.model",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
 )
 _HF_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -156,8 +162,7 @@ def is_reward_config(cfg: dict) -> bool:
     labels = cfg.get("num_labels", len(cfg.get("id2label") or {0: None}))
     if labels != 1:
         raise ValueError(
-            f"HF config: {REWARD_ARCHITECTURE} with {labels} labels; a reward model has exactly one "
-            "(num_labels=1)"
+            f"HF config: {REWARD_ARCHITECTURE} with {labels} labels; a reward model has exactly one (num_labels=1)"
         )
     return True
 
@@ -215,11 +220,20 @@ def full_to_hf_names(arch: LlamaArch, reward: bool) -> list[str]:
     names = ["model.embed_tokens.weight"]
     for i in range(arch.num_layers):
         p = f"model.layers.{i}."
-        names += [p + s for s in (
-            "input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
-            "self_attn.v_proj.weight", "self_attn.o_proj.weight", "post_attention_layernorm.weight",
-            "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight",
-        )]
+        names += [
+            p + s
+            for s in (
+                "input_layernorm.weight",
+                "self_attn.q_proj.weight",
+                "self_attn.k_proj.weight",
+                "self_attn.v_proj.weight",
+                "self_attn.o_proj.weight",
+                "post_attention_layernorm.weight",
+                "mlp.gate_proj.weight",
+                "mlp.up_proj.weight",
+                "mlp.down_proj.weight",
+            )
+        ]
     names.append("model.norm.weight")
     if reward:
         names.append("score.weight")
@@ -314,16 +328,16 @@ class HFSafetensors(Mapping):
 def read_hf_config(hf_dir: str | os.PathLike) -> dict:
     path = Path(hf_dir) / "config.json"
     if not Path(hf_dir).is_dir():
-        raise ValueError(f"HF model {hf_dir}: folder not found; give a local Hugging Face model folder "
-                         f"(e.g. `.venv/bin/hf download <repo-id> --local-dir {hf_dir}`)")
+        raise ValueError(
+            f"HF model {hf_dir}: folder not found; give a local Hugging Face model folder "
+            f"(e.g. `.venv/bin/hf download <repo-id> --local-dir {hf_dir}`)"
+        )
     if not path.is_file():
         raise ValueError(f"HF model {hf_dir}: no config.json; give a Hugging Face model directory")
     return json.loads(path.read_text())
 
 
-def load_hf_into_model(
-    model, hf_dir: str | os.PathLike, arch: LlamaArch, reward: bool | None = None
-) -> None:
+def load_hf_into_model(model, hf_dir: str | os.PathLike, arch: LlamaArch, reward: bool | None = None) -> None:
     """Load a HF Llama directory into this rank's shards of `model` (policy GPTModel or
     RewardModel), reading only the tensors this TP rank / pipeline stage needs."""
     reward = isinstance(model, RewardModel) if reward is None else reward
