@@ -120,3 +120,35 @@ def test_module_fixed_after_an_error_loads(cwd):
     assert "odpo_test_rw_fixed" not in sys.modules
     (cwd / "odpo_test_rw_fixed.py").write_text(SCORE)
     assert load_reward_function("odpo_test_rw_fixed:score")(["p"], ["ab"]) == [2.0]
+
+
+def test_retries_call_a_raising_function_again_with_a_growing_back_off():
+    from common.reward.functions import RewardFunctionError, call_reward_function
+
+    calls, waits = [], []
+
+    def flaky(prompts, responses):
+        calls.append(1)
+        if len(calls) <= 2:
+            raise ConnectionError("service unavailable\nretry later")
+        return [1.0] * len(responses)
+
+    assert call_reward_function(flaky, ["p"] * 2, ["a", "b"], retries=2, sleep=waits.append) == [1.0, 1.0]
+    assert len(calls) == 3 and waits == [1.0, 2.0]
+
+    calls.clear()
+    with pytest.raises(RewardFunctionError) as e:
+        call_reward_function(flaky, ["p"] * 2, ["a", "b"], where="reward function m:f", prompt_index=[7, 7], retries=1,
+                             sleep=waits.append)  # fmt: skip
+    assert str(e.value) == (
+        "reward function m:f raised on the prompts of index 7 (called 2 times, reward.function_retries=1): "
+        "ConnectionError: retry later"
+    )
+    assert isinstance(e.value.__cause__, ConnectionError)  # failure.txt keeps the function's own traceback
+
+
+def test_a_bad_score_names_the_response_and_its_prompt():
+    from common.reward.functions import RewardFunctionError, call_reward_function
+
+    with pytest.raises(RewardFunctionError, match=r"returned NaN for response 1 \(prompt index 4\): 'b'"):
+        call_reward_function(lambda p, r: [0.0, float("nan")], ["x", "y"], ["a", "b"], prompt_index=[3, 4])

@@ -79,3 +79,13 @@ def layout_problem(arch, tp: int, pp: int) -> tuple[str, str] | None:
     if arch.num_layers % pp:
         return "pp", f"PP={pp} must divide the {arch.num_layers} layers"
     return None
+
+
+def parameter_count(m, pp: int = 1) -> int:
+    """Parameters of a policy of architecture ``m`` (a ``model`` section), over all its shards: with
+    PP > 1 a tied output layer is a second copy of the embedding on the last stage."""
+    h, groups_dim = m.hidden_size, m.hidden_size // m.num_attention_heads * m.num_query_groups
+    layer = 2 * h * h + 2 * h * groups_dim + 3 * h * m.ffn_hidden_size + 2 * h  # q, o; k, v; SwiGLU; 2 norms
+    embedding = m.vocab_size * h
+    output = 0 if m.tie_word_embeddings and pp == 1 else embedding
+    return embedding + m.num_layers * layer + h + output

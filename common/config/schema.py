@@ -113,6 +113,7 @@ class RewardConfig:
     # the rules and examples are in common/reward/terms.py
     functions: list[str] = field(default_factory=list)
     weights: list[float] | None = None  # None: every term 1.0
+    function_retries: int = 0  # calls again after a reward function raises (1, 2, 4 ... s apart): scorers on a service
     # the reward model's tokenizer (HF dir); None: reward.load's own when it ships one, else the
     # policy's. A different tokenizer or chat template -> responses re-rendered (common/reward/tokenize.py)
     tokenizer_name_or_path: str | None = None

@@ -106,6 +106,10 @@ def validate(cfg: DictConfig) -> None:
             raise ValueError(
                 f"reward.functions: {spec!r} is not 'module:callable'; write e.g. reward.functions=[myrewards:score]"
             )
+    if cfg.reward.function_retries < 0:
+        raise ValueError(
+            f"reward.function_retries={cfg.reward.function_retries}: must be >= 0 (extra calls after a reward function raises)"
+        )
     if cfg.reward.weights is not None:
         names = reward_term_names(cfg.reward)
         if len(cfg.reward.weights) != len(names):

@@ -15,6 +15,7 @@ import importlib.util
 import math
 import os
 import sys
+import time
 from collections.abc import Callable
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
@@ -105,25 +106,79 @@ def _origin(module_name: str) -> str:
     return module_name
 
 
+class RewardFunctionError(ValueError):
+    """A reward function failed during the run: raised, or returned something that is not one finite
+    float per response. The message names the function and the prompt (the run adds the iteration)."""
+
+
 def call_reward_function(
-    fn: RewardFn, prompts: list[str], responses: list[str], where: str | None = None
+    fn: RewardFn,
+    prompts: list[str],
+    responses: list[str],
+    where: str | None = None,
+    prompt_index: list[int] | None = None,
+    retries: int = 0,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> list[float]:
+    """``fn(prompts, responses)`` checked: one finite float per response. A function that raises is
+    called again up to ``retries`` times (``reward.function_retries``), after 1, 2, 4, ... s (at most
+    ``MAX_BACKOFF_S``): a scorer that calls a service may time out once. ``prompt_index[i]``, for the
+    messages, is the index of response i's prompt in the run's prompt set (from 0, after prompts
+    too long for ``max_prompt_length`` are dropped: the line of a ``.jsonl`` file when none is)."""
     where = where or f"reward function {getattr(fn, '__name__', fn)}"
-    scores = fn(prompts, responses)
+    for attempt in range(retries + 1):
+        try:
+            scores = fn(prompts, responses)
+            break
+        except Exception as e:
+            if attempt == retries:
+                tried = f" (called {retries + 1} times, reward.function_retries={retries})" if retries else ""
+                prompts_of = f" on the prompts of index {_indices(prompt_index)}" if prompt_index else ""
+                raise RewardFunctionError(
+                    f"{where} raised{prompts_of}{tried}: {type(e).__name__}: {_last_line(e)}"
+                ) from e
+            wait = min(2.0**attempt, MAX_BACKOFF_S)
+            print(
+                f"{where} raised {type(e).__name__}: {_last_line(e)}; calling it again in {wait:g} s "
+                f"({attempt + 1} of reward.function_retries={retries})",
+                file=sys.stderr,
+                flush=True,
+            )
+            sleep(wait)
     if isinstance(scores, (str, bytes)) or not hasattr(scores, "__len__"):
-        raise ValueError(f"{where} returned {type(scores).__name__}; return a list with one float per response")
+        raise RewardFunctionError(
+            f"{where} returned {type(scores).__name__}; return a list with one float per response"
+        )
     scores = list(scores)
     if len(scores) != len(responses):
-        raise ValueError(
+        raise RewardFunctionError(
             f"{where} returned {len(scores)} scores for {len(responses)} responses; return one float per response"
         )
     out = []
     for i, s in enumerate(scores):
+        prompt = f" (prompt index {prompt_index[i]})" if prompt_index else ""
         try:
             v = float(s)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{where} returned a non-number for response {i}: {s!r}; return floats") from e
+            raise RewardFunctionError(
+                f"{where} returned a non-number for response {i}{prompt}: {s!r}; return floats"
+            ) from e
         if math.isnan(v):
-            raise ValueError(f"{where} returned NaN for response {i}: {responses[i][:80]!r}; return finite scores")
+            raise RewardFunctionError(
+                f"{where} returned NaN for response {i}{prompt}: {responses[i][:80]!r}; return finite scores"
+            )
         out.append(v)
     return out
+
+
+MAX_BACKOFF_S = 30.0
+
+
+def _indices(index: list[int]) -> str:
+    unique = list(dict.fromkeys(index))
+    return ", ".join(map(str, unique[:8])) + (f" ... ({len(unique)} in all)" if len(unique) > 8 else "")
+
+
+def _last_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[-1] if lines else "(no message)"

@@ -39,6 +39,7 @@ class Rewards:
     model_weight: float | None  # None: no reward model
     functions: list[tuple[str, RewardFn, float]]  # (spec, callable, weight)
     retokenizer: RewardRetokenizer | None  # None: the reward model reads the policy's own ids
+    function_retries: int = 0  # reward.function_retries: calls again after a function raises
 
     def describe(self) -> str:
         terms = (
@@ -49,10 +50,17 @@ class Rewards:
         return " + ".join(terms + [f"{w:g} x {spec}" for spec, _, w in self.functions])
 
     def score(
-        self, prompts: list, texts: list[str], seqs: list[Sequence], eos_ids: list[int], model: ModelScorer | None
+        self,
+        prompts: list,
+        texts: list[str],
+        seqs: list[Sequence],
+        eos_ids: list[int],
+        model: ModelScorer | None,
+        prompt_index: list[int] | None = None,
     ) -> list[float]:
         """One score per response. ``prompts`` raw (str or messages), ``texts`` the decoded
-        responses, ``seqs`` the policy's prompt + response ids (all flat, same order)."""
+        responses, ``seqs`` the policy's prompt + response ids (all flat, same order);
+        ``prompt_index`` the dataset index of each response's prompt (for a failing function's message)."""
         total = [0.0] * len(texts)
         if self.model_weight is not None:
             if self.retokenizer is None:
@@ -64,8 +72,15 @@ class Rewards:
             total = [x + self.model_weight * v for x, v in zip(total, values)]
         if self.functions:
             as_text = [prompt_text(p) for p in prompts]
-            for _, fn, weight in self.functions:
-                values = call_reward_function(fn, as_text, texts)
+            for spec, fn, weight in self.functions:
+                values = call_reward_function(
+                    fn,
+                    as_text,
+                    texts,
+                    where=f"reward function {spec}",
+                    prompt_index=prompt_index,
+                    retries=self.function_retries,
+                )
                 total = [x + weight * v for x, v in zip(total, values)]
         return total
 
@@ -83,4 +98,4 @@ def build_rewards(reward_cfg, policy_tok, function_override: str | None = None) 
     retok = (
         load_reward_retokenizer(reward_cfg.tokenizer_name_or_path, reward_cfg.load, policy_tok) if with_model else None
     )
-    return Rewards(float(weights[0]) if with_model else None, functions, retok)
+    return Rewards(float(weights[0]) if with_model else None, functions, retok, reward_cfg.function_retries)

@@ -77,3 +77,58 @@ def describe_failure(err: Exception, roles: dict[str, WorkerGroup]) -> WorkerFai
             return WorkerFailure(group.label, rank, node, cause.splitlines()[0], lost, details)
     ip = getattr(err, "ip", None) or "?"
     return WorkerFailure("?", None, ip, cause.splitlines()[0], lost, details)
+
+
+def driver_failure(err: BaseException) -> str:
+    """One line for an error raised in the driver itself (not in a worker): the errors the run
+    raises on purpose say what failed and what to do; anything else is named with the project
+    function it came from and its own last line (the traceback goes to ``failure.txt``)."""
+    from common.reward.functions import RewardFunctionError
+    from common.run.checkpoint import CheckpointWriteError
+
+    if isinstance(err, (RewardFunctionError, CheckpointWriteError)):
+        return str(err)
+    where = _project_frame(err)
+    return f"the driver failed{where}: {type(err).__name__}: {_last_line(err)} (a bug or a bad input: see failure.txt)"
+
+
+def _project_frame(err: BaseException) -> str:
+    """`` in fn (common/x/y.py line N)``: the innermost frame of the error in this project's code."""
+    import traceback
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    for frame in reversed(traceback.extract_tb(err.__traceback__)):
+        path = Path(frame.filename).resolve()
+        if path.is_relative_to(root) and ".venv" not in path.parts:
+            return f" in {frame.name} ({path.relative_to(root)} line {frame.lineno})"
+    return ""
+
+
+def _last_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[-1] if lines else "(no message)"
+
+
+def os_error(err: BaseException) -> OSError | None:
+    """The ``OSError`` behind ``err``: itself, a worker's (``RayTaskError.cause``), or a cause in its chain."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, RayTaskError):  # before OSError: Ray's copy of a worker's OSError is both
+            if isinstance(err.cause, OSError):
+                return err.cause
+        elif isinstance(err, OSError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def error_reason(err: BaseException) -> str:
+    """``[Errno 28] No space left on device``: an OS error as the user knows it, else its last line."""
+    os_err = os_error(err)
+    if os_err is not None and os_err.strerror:
+        return f"[Errno {os_err.errno}] {os_err.strerror}"
+    if isinstance(err, RayTaskError) and err.cause is not None:
+        err = err.cause
+    return f"{type(err).__name__}: {_last_line(err)}"

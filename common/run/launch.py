@@ -17,6 +17,7 @@ import sys
 
 from common.config.load import PROJECT_ROOT
 from common.run.cli import build_parser, parse_args, recipes
+from common.run.stop_signals import process_signals
 
 
 def main(argv: list[str]) -> None:
@@ -30,6 +31,7 @@ def main(argv: list[str]) -> None:
     if "/" in recipe or not script.is_file():
         build_parser().error(f"unknown recipe {recipe!r}; recipes: {' '.join(recipes())}")
     nodes = parse_args(recipe, args).nodes  # --help or a bad option: exits here, before Ray
+    process_signals()  # from here SIGTERM/SIGINT end the start-up at once, with 143 / 130 (common/run/stop_signals.py)
     from common.cluster.ray_start import start_early  # imports Ray (~1 s): only for a run
 
     start_early(nodes)

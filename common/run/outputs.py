@@ -162,6 +162,13 @@ def plot_loss(run_dir: Path, expected: dict | None = None) -> Path:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     out = run_dir / "loss.png"
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    tmp = out.with_name(".loss.png.tmp")
+    try:  # a full disk leaves the previous plot, not a part of a new one
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
     return out

@@ -29,6 +29,7 @@ class Rollout:
     texts_PN: list[list[str]]  # [P][N] decoded responses (special tokens skipped)
     has_eos_PN: torch.Tensor  # [P, N] bool: the response ended with a stop token
     raw_prompts: list  # [P] as given (str or messages): a reward model with its own template re-renders them
+    indices: list[int]  # [P] each prompt's position in the prompt set (named when a reward function fails)
 
     @classmethod
     def of(cls, batch: PromptBatch, responses_PN: list[list[list[int]]], tok, eos_ids: list[int]) -> Rollout:
@@ -39,6 +40,7 @@ class Rollout:
             texts_PN=[[tok.decode(r, skip_special_tokens=True) for r in row] for row in responses_PN],
             has_eos_PN=torch.tensor([[has_eos(r, stops) for r in row] for row in responses_PN]),
             raw_prompts=list(batch.prompts),
+            indices=list(batch.indices),
         )
 
     def pairs(self, pairs: Pairs) -> tuple[list[Sequence], list[Sequence]]:
@@ -90,6 +92,7 @@ def score(
         [s for row in rollout.seqs_PN for s in row],
         eos_ids,
         model=None if reward is None else reward.scores,
+        prompt_index=[i for i in rollout.indices for _ in range(N)],
     )
     return apply_missing_eos_penalty(torch.tensor(flat).view(P, N), rollout.has_eos_PN, missing_eos_penalty)
 

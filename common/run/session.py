@@ -25,14 +25,22 @@ early, always with ``loss.png`` drawn and one message that says what to do next:
   role, rank, node, iteration and likely cause, the last checkpoint and the ``--resume`` command
   (common/run/failures.py); with ``training.max_restarts=N`` it restarts every role from the last
   checkpoint instead, and ``steps`` goes back to the iteration after it;
-- NaN/inf in the update: stopped before that iteration's checkpoint (common/train/health.py).
+- NaN/inf in the update: stopped before that iteration's checkpoint (common/train/health.py);
+- the driver's own failures (a reward function that raises or returns NaN, a checkpoint or
+  ``final/`` write on a full disk, the prompt stream, the log files): the same one message, naming
+  the function or folder, with the traceback in ``failure.txt``. The failure path itself cannot
+  fail: what it cannot write is named after the message. A failed checkpoint write removes its
+  partial folder; the previous checkpoint and ``latest`` stay as they were;
+- a signal during set-up: the process ends at once (common/run/stop_signals.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import traceback
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,6 +49,7 @@ from typing import NoReturn
 
 import ray
 from omegaconf import DictConfig
+from ray.exceptions import RayActorError
 from tqdm import tqdm
 
 from common.cluster.handles import RoleHandles
@@ -58,12 +67,13 @@ from common.reward.terms import Rewards, build_rewards
 from common.run import checkpoint
 from common.run.cli import Args, parse_args
 from common.run.expected_curve import load_expected
-from common.run.failures import WORKER_ERRORS, WorkerFailure, describe_failure
+from common.run.failures import WORKER_ERRORS, WorkerFailure, describe_failure, driver_failure, error_reason
 from common.run.final import save_final
 from common.run.outputs import RunWriter, check_out, new_run_dir, plot_loss
 from common.run.preflight import check_files, check_weights
-from common.run.stop_signals import StopSignals
+from common.run.stop_signals import StopSignals, process_signals
 from common.train.health import CollapseWatch, NonFiniteError
+from common.util.atomic_files import temp_path, write_text
 from common.util.quiet import filter_library_warnings
 
 
@@ -106,7 +116,8 @@ class Session:
         while step <= t.train_iters:
             if self.stop.requested:
                 if t.save_interval and self._last_done is not None and not self.save_due(self._last_done):
-                    self.save(self._last_done)
+                    with self.iteration(self._last_done):  # a failed write ends as one in the loop would
+                        self.save(self._last_done)
                 break
             self._restart_at = None
             yield step
@@ -121,48 +132,79 @@ class Session:
 
     @contextmanager
     def iteration(self, step: int) -> Iterator[None]:
-        """The body of one iteration. A worker failure or NaN/inf ends it here: the run stops with
-        one message (last checkpoint, ``--resume`` command) or, for a lost worker while
-        ``training.max_restarts`` allows, every role restarts from the last checkpoint."""
+        """The body of one iteration. Anything that fails in it ends the run here with one message
+        (what failed, the last checkpoint, the ``--resume`` command), ``failure.txt`` and
+        ``loss.png``: a lost worker (or, while ``training.max_restarts`` allows, every role restarts
+        from the last checkpoint instead), an error in a worker, NaN/inf, and the driver's own
+        failures (a reward function, a checkpoint write, the data stream)."""
         try:
             yield
         except WORKER_ERRORS as e:
             failure = describe_failure(e, self.roles)
-            (self.run_dir / "failure.txt").write_text(f"iteration {step}: {failure.where()}\n\n{failure.details}\n")
+            details = f"{failure.where()}\n\n{failure.details}"
             if failure.lost and self._restarts_left > 0:
+                _try_write(self.run_dir / "failure.txt", f"iteration {step}: {details}\n")
                 self._restart(step, failure)
                 return
             verb = "was lost" if failure.lost else "failed"
             hint = "" if failure.lost else " (a bug or a bad input: see failure.txt for the worker's traceback)"
-            self._fail(step, f"{failure.where()} {verb}: {failure.cause}{hint}")
+            self._fail(step, f"{failure.where()} {verb}: {failure.cause}{hint}", details=details)
         except NonFiniteError as e:
             self._fail(
                 step, f"the update is not finite: {e}. Nothing from this iteration was saved",
                 fix="actor_rollout_ref.actor_rollout.lr=<lower>",
             )  # fmt: skip
+        except Exception as e:  # the driver's own: reward functions, checkpoint writes, the data stream
+            self._fail(step, driver_failure(e), details=traceback.format_exc())
         self._last_done = step
 
-    def _fail(self, step: int, what: str, fix: str = "") -> None:
-        """Draw what there is, then stop with one message: what, where, and how to continue."""
+    def _fail(self, step: int, what: str, fix: str = "", details: str | None = None) -> NoReturn:
+        """Stop with one message: what, where, and how to continue; ``failure.txt`` (``details``) and
+        ``loss.png`` where the disk allows. Nothing here can fail or hide ``what``: a file that cannot
+        be written is named in the message with the reason."""
         self.bar.close()
-        self._writer.close()
-        plot_loss(self.run_dir, self._expected)
-        ray.shutdown()  # now, not at exit: the workers go, and nothing of Ray's prints after the message
-        ckpt = checkpoint.latest(self.run_dir)
+        problems: list[str] = []
+        written: list[str] = []
+
+        def attempt(name: str, write) -> None:
+            try:
+                write()
+                written.append(name)
+            except Exception as e:  # noqa: BLE001 - reported in the message, never raised over `what`
+                problems.append(f"  could not write {name}: {error_reason(e)}")
+
+        try:
+            self._writer.close()
+        except Exception as e:  # noqa: BLE001 - as above
+            problems.append(f"  could not finish metrics.jsonl: {error_reason(e)}")
+        if details is not None:
+            attempt("failure.txt", lambda: write_text(self.run_dir / "failure.txt", f"iteration {step}: {details}\n"))
+        attempt("loss.png", lambda: plot_loss(self.run_dir, self._expected))
+        try:
+            ray.shutdown()  # now, not at exit: the workers go, and nothing of Ray's prints after the message
+        except Exception:  # noqa: BLE001, S110 - the run is ending either way
+            pass
         lines = [f"error: iteration {step}: {what}."]
-        if ckpt is None:
-            lines.append(
-                "  no checkpoint was written (training.save_interval=0): rerun from the start, with training.save_interval=N to be able to resume"
-            )
-        else:
-            lines.append(f"  last checkpoint: {ckpt} (iteration {checkpoint.read_driver_state(ckpt)['step']}), intact")
+        try:
+            ckpt = checkpoint.latest(self.run_dir)
+            ckpt_step = checkpoint.read_driver_state(ckpt)["step"] if ckpt else None
+        except (OSError, ValueError, KeyError) as e:
+            ckpt, ckpt_step = None, None
+            problems.append(f"  the last checkpoint cannot be read: {error_reason(e)}")
+        interval = self.cfg.training.save_interval
+        if ckpt is not None:
+            lines.append(f"  last checkpoint: {ckpt} (iteration {ckpt_step}), intact")
             lines.append(
                 f"  continue with: ./run.sh {self.recipe} --resume {self.run_dir}" + (f" {fix}" if fix else "")
             )
-        lines.append(
-            f"  outputs so far: {self.run_dir}/ (metrics.jsonl, loss.png{', failure.txt' if (self.run_dir / 'failure.txt').is_file() else ''})"
-        )
-        raise SystemExit("\n".join(lines))
+        elif interval:
+            lines.append(f"  no checkpoint yet (the first is at iteration {interval}): rerun from the start")
+        else:
+            lines.append(
+                "  no checkpoint was written (training.save_interval=0): rerun from the start, with training.save_interval=N to be able to resume"
+            )
+        lines.append(f"  outputs so far: {self.run_dir}/ (metrics.jsonl{''.join(', ' + n for n in written)})")
+        raise SystemExit("\n".join(lines + problems))
 
     def _restart(self, step: int, failure: WorkerFailure) -> None:
         """Every role gets fresh workers (a world that lost a rank cannot go on), the actor the last
@@ -193,13 +235,24 @@ class Session:
 
     def save(self, step: int) -> None:
         """Checkpoint the actor (weights, optimizer, schedule, RNG) and the data position, atomically."""
-        tmp = checkpoint.begin(self.run_dir, step)
-        self.handles.actor.save(str(tmp))
-        checkpoint.commit(tmp, {"step": step, "stream": self.stream.state_dict()})
+        tmp = self.run_dir / "checkpoints" / f"iter_{step:06d}.tmp"
+        try:
+            checkpoint.begin(self.run_dir, step)
+            self.handles.actor.save(str(tmp))
+            checkpoint.commit(tmp, {"step": step, "stream": self.stream.state_dict()})
+        except BaseException as e:
+            checkpoint.abandon(tmp)  # the previous checkpoint and `latest` stay as they were
+            if isinstance(e, Exception) and not isinstance(e, RayActorError):  # a lost worker may restart
+                raise checkpoint.write_failed(tmp, error_reason(e), self.cfg) from e  # a full disk, a quota
+            raise
 
     def log(self, row: dict, rollouts: Iterable[dict]) -> None:
-        self._writer.metrics(row)
-        self._writer.rollouts(rollouts)
+        try:
+            self._writer.metrics(row)
+            self._writer.rollouts(rollouts)
+        except Exception as e:  # a full disk, TensorBoard: the same ending as a failure in the iteration
+            what = f"writing the rows of this iteration failed: {error_reason(e)}"
+            self._fail(row["step"], what, details=traceback.format_exc())
         self.bar.set_postfix(
             loss=f"{row['loss']:.4f}", score=f"{row['objective/scores']:.3f}", s_it=f"{row['timing/step']:.2f}"
         )
@@ -215,8 +268,12 @@ class Session:
 
     def finish(self) -> int:
         """Plot, say where everything is; the exit status (0, or 143 / 130 after SIGTERM / SIGINT)."""
-        self._writer.close()
-        png = plot_loss(self.run_dir, self._expected)
+        try:
+            self._writer.close()
+            png = plot_loss(self.run_dir, self._expected)
+        except Exception as e:
+            what = f"writing the run's outputs failed: {error_reason(e)}"
+            self._fail(self._last_done or self.first_step - 1, what, details=traceback.format_exc())
         outputs = f"outputs in {self.run_dir}/ (metrics.jsonl, rollouts.jsonl, config.yaml, {png.name}{', warnings.jsonl' if self._warned else ''})"
         if self._warned:
             print(
@@ -224,9 +281,14 @@ class Session:
                 file=sys.stderr,
             )
         if not self.stop.requested:
-            final = save_final(
-                self.handles.actor, self.run_dir, self.export_hf, self.cfg.training.tokenizer_name_or_path
-            )
+            try:
+                final = save_final(
+                    self.handles.actor, self.run_dir, self.export_hf, self.cfg.training.tokenizer_name_or_path
+                )
+            except Exception as e:
+                shutil.rmtree(temp_path(self.run_dir / "final"), ignore_errors=True)
+                what = f"writing {self.run_dir / 'final'} failed: {error_reason(e)}"
+                self._fail(self.cfg.training.train_iters, what, details=traceback.format_exc())
             print(f"done: {self.cfg.training.train_iters} iterations. {outputs}; the trained actor: {final}")
             return 0
         ckpt = checkpoint.latest(self.run_dir)
@@ -239,6 +301,13 @@ class Session:
                 msg.append("  no checkpoint (training.save_interval=0): a new run starts from the beginning")
         print("\n".join(msg), file=sys.stderr)
         return self.stop.exit_code
+
+
+def _try_write(path: Path, text: str) -> None:
+    try:
+        write_text(path, text)
+    except OSError as e:
+        tqdm.write(f"could not write {path}: {error_reason(e)}", file=sys.stderr)
 
 
 def exit_process(code: int) -> NoReturn:
@@ -257,8 +326,7 @@ def open_session(recipe_dir: Path, argv: list[str] | None) -> Session:
     A missing file its config names stops the run with the command from its ``files.yaml``."""
     recipe_dir = Path(recipe_dir)
     filter_library_warnings()
-    stop = StopSignals()
-    stop.install()  # a signal during set-up stops before the first iteration
+    stop = process_signals()  # a signal during set-up ends the process at once
     args = parse_args(recipe_dir.name, argv)
     try:
         return _open(recipe_dir, args, recipe_files(recipe_dir), stop)
@@ -282,6 +350,9 @@ def _config(
     if not resume:
         check_out(args.out)
     check_files(cfg, get_files)
+    warning = checkpoint.check_disk(cfg, resume.run_dir if resume else Path(args.out or "runs"))
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     device = resolve_device(cfg.training.device)
     device.compute_dtype(cfg.training.dtype)  # e.g. bf16 on a machine that resolved to CPU: fails here, not in a worker
     return resume, cfg, overlay, device
@@ -360,6 +431,7 @@ def _open(recipe_dir: Path, args: Args, get_files: dict[str, str], stop: StopSig
         handles.actor.restore(str(resume.checkpoint))
         writer.resumed(resume.checkpoint, first_step)
         print(f"resumed from {resume.checkpoint} at iteration {first_step}", flush=True)
+    stop.started()  # from here a signal stops at the next iteration boundary
     return Session(
         recipe=recipe_dir.name, cfg=cfg, tok=tok, eos_ids=stop_token_ids(tok), stream=stream, new_tokens=new_tokens,
         fixed=fixed, rewards=rewards, roles=roles, handles=handles, run_dir=run_dir, first_step=first_step, stop=stop,
