@@ -8,8 +8,8 @@
 #
 # megatron-core 0.16.1 is a platform wheel (cp312, manylinux x86_64); omegaconf 2.3.0 is pure Python;
 # its parser runtime antlr4-python3-runtime 4.9.3 (the exact version omegaconf 2.3 pins) is published as
-# a source archive only, so its pure-Python wheel is built here. Ray is not bundled: its wheel (79 MB)
-# is too large to copy, and device_check.py never imports it.
+# a source archive only, so its pure-Python wheel is built here. Ray is not bundled: device_check.py
+# never imports it. The carry of the whole loop through Ray (pruned Ray, TRL, ...): bench/device_bundle.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYVER=${PYVER:-3.12}

@@ -24,10 +24,16 @@ def plan_roles(cfg: DictConfig, device: Device, nodes: int) -> tuple[dict[str, l
     cluster = cluster_nodes(resource)
     check_nodes(cluster, nodes)
     used = cluster[:nodes]
-    plan = plan_placement(placed_roles(cfg), used, resource)
+    return plan_on_nodes(cfg, used, resource), used
+
+
+def plan_on_nodes(cfg: DictConfig, nodes: list[Node], resource: str | None) -> dict[str, list[Node]]:
+    """``plan_roles`` on given nodes, without Ray (the nodes as ``cluster_nodes`` describes them): the
+    node of every rank of every role in use; a colocated role's ranks are the actor's."""
+    plan = plan_placement(placed_roles(cfg), nodes, resource)
     for role in cfg.resource_pool.colocate:
         plan[role] = plan["actor_rollout"]
-    return plan, used
+    return plan
 
 
 def start_roles(cfg: DictConfig, device: Device, plan: dict[str, list[Node]]) -> dict[str, WorkerGroup]:

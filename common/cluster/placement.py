@@ -49,6 +49,8 @@ def plan_placement(pools: dict[str, int], nodes: list[Node], device_resource: st
     else:
         capacity = [math.ceil(total / len(nodes))] * len(nodes)
     have = sum(capacity)
+    if device_resource and have == 0 and total > 0:
+        raise ValueError(no_device_message(pools, nodes, device_resource))
     if total > have:
         need = ", ".join(f"{r} {k}" for r, k in pools.items())
         left, unplaced = have, []
@@ -74,6 +76,29 @@ def plan_placement(pools: dict[str, int], nodes: list[Node], device_resource: st
             free[node] -= 1
             plan[role].append(nodes[node])
     return plan
+
+
+# where a node's device resource comes from, for the message of a cluster that has none
+_DEVICE_SOURCE = {
+    "GPU": "Ray counts a node's GPUs when the node starts: check `nvidia-smi` and CUDA_VISIBLE_DEVICES on "
+    "each node, or give the count with `ray start --num-gpus=N`",
+    "NPU": "Ray does not find NPUs itself: declare them when each node starts, `ray start --resources='{\"NPU\": 8}'` "
+    "(docs/cluster.md)",
+}
+
+
+def no_device_message(pools: dict[str, int], nodes: list[Node], device_resource: str) -> str:
+    """A cluster none of whose nodes has the device resource: what is missing, and where it comes from."""
+    need = ", ".join(f"{r} {k}" for r, k in pools.items())
+    source = _DEVICE_SOURCE.get(
+        device_resource,
+        f"Declare it when each node starts, `ray start --resources='{{\"{device_resource}\": N}}'`",
+    )
+    return (
+        f"placement: no {device_resource} in the Ray cluster: the roles need {sum(pools.values())} {device_resource} "
+        f"({need}) and none of its {len(nodes)} node(s) reports any. {source}; or run on "
+        "CPU (training.device=cpu, resource_pool.device_resource unset)"
+    )
 
 
 def check_nodes(nodes: list[Node], wanted: int) -> None:

@@ -353,6 +353,28 @@ def _accelerator_module(kind: str):
     return torch.cuda
 
 
+def cuda_missing() -> str:
+    """What this machine lacks for device=cuda (when ``torch.cuda.is_available()`` is False), and the fix."""
+    if torch.version.cuda is None:
+        return (
+            f"this torch ({torch.__version__}) is a build without CUDA: install a CUDA build of torch "
+            "(https://pytorch.org/get-started/locally/) on a machine with an NVIDIA GPU"
+        )
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1", "none", "NoDevFiles"):
+        return f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU: CUDA_VISIBLE_DEVICES={visible!r} hides them all"
+    if not os.path.exists("/proc/driver/nvidia/version"):
+        return (
+            f"torch {torch.__version__} is built for CUDA {torch.version.cuda}, and this machine has no NVIDIA GPU "
+            "driver (no /proc/driver/nvidia/version; `nvidia-smi` shows what the machine has)"
+        )
+    return (
+        f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no usable GPU although an NVIDIA driver is "
+        f"loaded: check `nvidia-smi`, CUDA_VISIBLE_DEVICES ({visible!r}) and that the driver supports CUDA "
+        f"{torch.version.cuda}"
+    )
+
+
 def resolve_device(kind: str) -> Device:
     """Turn a config value ('auto' | 'cpu' | 'cuda' | 'npu') into a Device.
 
@@ -371,10 +393,7 @@ def resolve_device(kind: str) -> Device:
         return Device(kind="cpu", backend="gloo", ray_resource=None)
     if kind == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(
-                "device: 'cuda' requested but this torch has no usable CUDA device "
-                f"(torch {torch.__version__}); use device=cpu or install a CUDA build of torch"
-            )
+            raise ValueError(f"device: 'cuda' requested but {cuda_missing()}; or set training.device=cpu")
         return Device(kind="cuda", backend="nccl", ray_resource="GPU")
     if not npu_installed():
         raise ValueError(
