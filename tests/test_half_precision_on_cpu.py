@@ -18,6 +18,16 @@ from safetensors import safe_open
 from common.run.outputs import read_jsonl
 
 HALF_PRECISION_ENV = {"PYTHONPATH": str(ROOT / "tests" / "_half_precision_site"), "ODPO_HALF_PRECISION_ON_CPU": "1"}
+# iterations smaller than the recipe's (a third of its tokens; half-precision matmuls are slow on
+# CPU), nothing these tests check depends on the size: 4 prompts (8 responses) of 16 tokens
+# (max_prompt_length 40 keeps every tiny prompt, the longest has 37 tokens)
+SMALL = (
+    "training.global_batch_size=4",
+    "training.micro_batch_size=4",
+    "actor_rollout_ref.actor_rollout.ppo_mini_batch_size=4",
+    "actor_rollout_ref.actor_rollout.max_prompt_length=40",
+    "training.seq_length=56",
+)
 
 
 def _run(*args: str, **env_extra: str) -> subprocess.CompletedProcess:
@@ -48,6 +58,7 @@ def test_tiny_recipe_trains_resumes_and_exports_in_bf16(tmp_path):
     proc = _run(
         "--out",
         str(out),
+        *SMALL,
         "training.dtype=bf16",
         "training.train_iters=3",
         "training.save_interval=2",
@@ -76,28 +87,30 @@ def test_tiny_recipe_trains_resumes_and_exports_in_bf16(tmp_path):
 
 @pytest.mark.slow
 def test_fp16_skips_overflowing_steps_until_the_loss_scale_fits_then_trains(tmp_path):
-    """fp16 with a first loss scale far too large (2^30; the run's own is 2^16): the gradients
-    overflow, Megatron's optimizer skips those steps and lowers the scale (after its hysteresis of
-    2), the policy stays the reference meanwhile (KL 0), and once the scale fits the steps are taken
-    and the gradient norm is the true one (the loss is scaled by the schedules and the gradients
-    unscaled by the optimizer: a norm 2^k too small would mean the scale never reached the loss)."""
+    """fp16 with a first loss scale too large (2^23; the run's own is 2^16, and these gradients
+    overflow at every scale down to 2^20): Megatron's optimizer skips those steps and lowers the
+    scale (after its hysteresis of 2), the policy stays the reference meanwhile (KL 0), and once the
+    scale fits the steps are taken and the gradient norm is the true one (the loss is scaled by the
+    schedules and the gradients unscaled by the optimizer: a norm 2^k too small would mean the scale
+    never reached the loss)."""
     out = tmp_path / "run"
     proc = _run(
         "--out",
         str(out),
+        *SMALL,
         "training.dtype=fp16",
-        "training.train_iters=16",
-        "training.save_interval=10",
-        ODPO_INITIAL_LOSS_SCALE=str(2.0**30),
+        "training.train_iters=7",
+        "training.save_interval=4",
+        ODPO_INITIAL_LOSS_SCALE=str(2.0**23),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     rows = read_jsonl(out / "metrics.jsonl")
-    assert len(rows) == 16 and all(r["skipped_steps"] in (0, 1) for r in rows)
+    assert len(rows) == 7 and all(r["skipped_steps"] in (0, 1) for r in rows)
     skipped = [r["skipped_steps"] == 1 for r in rows]
     first_taken = skipped.index(False)
     assert first_taken >= 2 and all(skipped[:first_taken])
     # the first overflow only spends the hysteresis (2); each one after it halves the scale
-    assert [r["loss_scale"] for r in rows[:first_taken]] == [2.0 ** (30 - k) for k in range(first_taken)]
+    assert [r["loss_scale"] for r in rows[:first_taken]] == [2.0 ** (23 - k) for k in range(first_taken)]
     assert all(math.isnan(r["grad_norm"]) for r in rows[:first_taken])  # no norm for a skipped step
     # no update yet when these iterations' log-probs were taken: the policy is the reference (up to
     # the rounding of its other layout: actor TP 2, reference TP 1), then it moves
@@ -106,8 +119,10 @@ def test_fp16_skips_overflowing_steps_until_the_loss_scale_fits_then_trains(tmp_
     taken = [r for r in rows if r["skipped_steps"] == 0]
     assert all(0.1 < r["grad_norm"] < 10 for r in taken)  # the fp32 run's norms are ~1.7 here
 
-    # resumed from iteration 10's checkpoint, the loss scaler's state (scale, hysteresis) included:
-    # iterations 11-16 as the uninterrupted run had them (skipped and taken steps alike)
+    # resumed from iteration 4's checkpoint, the loss scaler's state (scale 2^20, hysteresis spent)
+    # included: iterations 5-7 as the uninterrupted run had them, which hold a skipped step and taken
+    # ones (a fresh scaler, at the run's own 2^16, would take iteration 5's step)
+    assert True in skipped[4:] and False in skipped[4:]
     again = tmp_path / "again"
     shutil.copytree(out, again)
     proc = _run("--resume", str(again))
