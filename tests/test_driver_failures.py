@@ -362,3 +362,33 @@ def test_the_failure_message_survives_a_disk_that_takes_nothing(tmp_path, monkey
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_an_error_in_a_worker_names_its_role_rank_and_node():
+    """Ray's copy of a worker's exception, as ``ray.get`` raises it (``RayTaskError(ValueError)``, whose
+    dual class drops ``_actor_id``): the role, rank and node still come from the traceback's header."""
+    from ray.exceptions import RayTaskError
+
+    from common.run.failures import describe_failure
+
+    actor_id = "2e9fbf591a37e9f79c1d8ba901000000"
+    try:
+        raise ValueError("bad shapes\nin the second line")
+    except ValueError as e:
+        cause, tb = e, "Traceback (most recent call last):\n  File x\nValueError: bad shapes"
+    err = RayTaskError(
+        "call", tb, cause, proctitle="ray::ActorRolloutProcess.call", pid=7, ip="10.0.0.2",
+        actor_repr="<ActorRolloutProcess>", actor_id=actor_id,
+    ).as_instanceof_cause()  # fmt: skip
+    assert isinstance(err, ValueError) and getattr(err, "_actor_id", None) is None
+
+    class Group:  # what describe_failure reads of a WorkerGroup
+        label = "actor_rollout"
+        layouts = [{"node_ip": "10.0.0.1"}, {"node_ip": "10.0.0.2"}]
+
+        def rank_of(self, found):
+            return 1 if found == actor_id else None
+
+    failure = describe_failure(err, {"actor_rollout": Group()})
+    assert failure.where() == "worker actor_rollout rank 1 on node 10.0.0.2"
+    assert failure.cause == "ValueError: bad shapes" and not failure.lost

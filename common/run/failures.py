@@ -8,6 +8,7 @@ cause. The full Ray text goes to ``failure.txt`` in the run folder, not to the t
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
@@ -39,6 +40,12 @@ def _actor_hex(actor_id) -> str | None:
     return ActorID(actor_id).hex()
 
 
+def _actor_id_in(text: str) -> str | None:
+    """The ``actor_id=<hex>`` of the first ``ray::Class.method() (pid=..., ip=..., actor_id=...)`` line."""
+    match = re.search(r"actor_id=([0-9a-f]{16,})", text)
+    return match.group(1) if match else None
+
+
 def _likely_cause(text: str) -> str:
     """One line from Ray's report of a dead actor (its text lists every possible cause of a lost
     process, so the checks go from the most specific report to the least)."""
@@ -60,7 +67,10 @@ def _likely_cause(text: str) -> str:
 def describe_failure(err: Exception, roles: dict[str, WorkerGroup]) -> WorkerFailure:
     """Role, rank, node and likely cause of ``err`` (one of ``WORKER_ERRORS``)."""
     if isinstance(err, RayTaskError):
-        actor_id, details = _actor_hex(getattr(err, "_actor_id", None)), str(err)
+        details = str(err)
+        # Ray's copy of a worker's exception (``RayTaskError(ValueError)``) drops the actor id
+        # (its dual class skips RayTaskError.__init__); the traceback's header line keeps it
+        actor_id = _actor_hex(getattr(err, "_actor_id", None)) or _actor_id_in(details)
         cause = (
             f"{type(err.cause).__name__}: {err.cause}" if err.cause is not None else details.strip().splitlines()[-1]
         )
