@@ -101,7 +101,7 @@ def _run(args: argparse.Namespace) -> int:
         kind = "reward model" if reward else "policy"
         print(f"wrote {args.out}: {kind}, {arch.num_layers} layers, tp={args.tp} pp={args.pp}")
     elif args.command == "mcore-to-hf":
-        reader = convert.CheckpointReader(args.ckpt)
+        reader = convert.open_checkpoint(args.ckpt)
         convert.check_output_dir(args.out, "hf-export", {"--ckpt": args.ckpt, "--tokenizer": args.tokenizer})
         total = len(weight_layout.megatron_param_names(reader.arch, reward=reader.reward))
         with _progress(total, "mcore-to-hf") as bar:
@@ -109,7 +109,7 @@ def _run(args: argparse.Namespace) -> int:
         note = "" if args.tokenizer else " (no --tokenizer: add tokenizer files before loading it with a tokenizer)"
         print(f"wrote {args.out}{note}")
     else:
-        reader = convert.CheckpointReader(args.ckpt)
+        reader = convert.open_checkpoint(args.ckpt)
         weight_layout.check_layout(reader.arch, args.tp, args.pp)
         convert.check_output_dir(args.out, "checkpoint", {"--ckpt": args.ckpt})
         total = len(weight_layout.megatron_param_names(reader.arch, reward=reader.reward)) + (

@@ -31,7 +31,7 @@ import dataclasses
 import fnmatch
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -48,6 +48,7 @@ from common.model.weight_layout import (
     shard,
 )
 from common.util.atomic_files import ReplaceCheck, atomic_dir, publish_dir, temp_dir, temp_path
+from common.weights.full_tensors import FullTensors, Progress
 from common.weights.hf_format import (
     EXPORT_MARKER,
     TOKENIZER_FILES,
@@ -67,7 +68,6 @@ from common.weights.hf_format import (
 
 FORMAT = "odpo-megatron"
 FORMAT_VERSION = 1
-Progress = Callable[[int], None] | None  # called with the number of tensors just done
 
 
 # ----------------------------------------------------------------------------------------------
@@ -104,7 +104,7 @@ _KIND_NAMES = {
 def output_kind(path: str | os.PathLike) -> str | None:
     """``"checkpoint"`` or ``"hf-export"`` for a folder this module wrote, else None."""
     path = Path(path)
-    if is_checkpoint(path):
+    if is_own_checkpoint(path):
         return "checkpoint"
     if (path / EXPORT_MARKER).is_file():
         return "hf-export"
@@ -232,10 +232,25 @@ def write_checkpoint(
 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:
+    """This project's checkpoint, or a MindSpeed-LLM Megatron one (common/weights/mindspeed.py)."""
+    from common.weights.mindspeed import is_mindspeed_checkpoint
+
+    return is_own_checkpoint(path) or is_mindspeed_checkpoint(path)
+
+
+def is_own_checkpoint(path: str | os.PathLike) -> bool:
+    """A checkpoint in this project's format (meta.json + arch.json)."""
     return (Path(path) / "meta.json").is_file() and (Path(path) / "arch.json").is_file()
 
 
-class CheckpointReader:
+def open_checkpoint(path: str | os.PathLike) -> CheckpointReader:
+    """The reader of a checkpoint folder: this project's format, or MindSpeed-LLM's Megatron format."""
+    from common.weights.mindspeed import MindSpeedReader, is_mindspeed_checkpoint
+
+    return MindSpeedReader(path) if is_mindspeed_checkpoint(path) else CheckpointReader(path)
+
+
+class CheckpointReader(FullTensors):
     """Reads a Megatron checkpoint of this project: its arch and meta, and any parameter as the
     checkpoint's shard or as the merged full tensor; files are opened lazily."""
 
@@ -245,12 +260,12 @@ class CheckpointReader:
         self.dir = Path(ckpt_dir)
         if not self.dir.is_dir():
             raise ValueError(f"checkpoint {self.dir}: folder not found; check the path")
-        if not is_checkpoint(self.dir) and (self.dir / "config.json").is_file():
+        if not is_own_checkpoint(self.dir) and (self.dir / "config.json").is_file():
             raise ValueError(
                 f"checkpoint {self.dir}: is a Hugging Face model folder (config.json), not a checkpoint of this "
                 f"project; it loads as it is, or convert it with `python -m tools.convert_checkpoint hf-to-mcore --hf {self.dir} --out <new folder>`"
             )
-        if not is_checkpoint(self.dir):
+        if not is_own_checkpoint(self.dir):
             raise ValueError(
                 f"checkpoint {self.dir}: no meta.json/arch.json; give a directory written by "
                 "tools.convert_checkpoint or common.weights.convert.save_checkpoint"
@@ -295,17 +310,6 @@ class CheckpointReader:
         shards = [self.shard(name, t) for t in range(self.tp)]
         return merge_shards(name, shards, self.arch.vocab_size, self.reward)
 
-    def full_state_dict(self, progress: Progress = None) -> dict[str, torch.Tensor]:
-        out = {}
-        for name in megatron_param_names(self.arch, reward=self.reward):
-            out[name] = self.full(name)
-            if progress:
-                progress(1)
-        return out
-
-    def __getitem__(self, name: str) -> torch.Tensor:  # as a `full` mapping for iter_shards
-        return self.full(name)
-
 
 @torch.no_grad()
 def load_checkpoint_into_model(model, ckpt_dir: str | os.PathLike, arch: LlamaArch) -> None:
@@ -313,7 +317,7 @@ def load_checkpoint_into_model(model, ckpt_dir: str | os.PathLike, arch: LlamaAr
     the checkpoint was written with (same TP: shards copied; otherwise merged and re-sharded)."""
     from megatron.core import parallel_state
 
-    reader = CheckpointReader(ckpt_dir)
+    reader = open_checkpoint(ckpt_dir)
     reward = isinstance(model, RewardModel)
     if reader.reward != reward:
         raise ValueError(
@@ -338,9 +342,9 @@ def load_checkpoint_into_model(model, ckpt_dir: str | os.PathLike, arch: LlamaAr
 
 
 def arch_from_path(path: str | os.PathLike) -> tuple[LlamaArch, bool]:
-    """(arch, is_reward) of a HF model directory or of this project's checkpoint."""
+    """(arch, is_reward) of a HF model directory or of a checkpoint (``open_checkpoint``)."""
     if is_checkpoint(path):
-        reader = CheckpointReader(path)
+        reader = open_checkpoint(path)
         return reader.arch, reader.reward
     cfg = read_hf_config(path)
     return arch_from_hf_config(cfg), is_reward_config(cfg)
@@ -455,8 +459,9 @@ def export_hf(
     progress: Progress = None,
 ) -> None:
     """This project's Megatron checkpoint (any TP/PP) -> a HF model directory. The source HF
-    config.json is re-emitted when the checkpoint kept it, else one is made from the arch."""
-    reader = CheckpointReader(ckpt_dir)
+    config.json is re-emitted when the checkpoint kept it, else one is made from the arch. A
+    MindSpeed-LLM Megatron checkpoint is read as well (common/weights/mindspeed.py)."""
+    reader = open_checkpoint(ckpt_dir)
     full = reader.full_state_dict(progress)
     hf_sd = full_to_hf(full, reader.arch, reader.reward)
     if dtype is not None:
