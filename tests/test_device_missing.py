@@ -73,12 +73,19 @@ def test_torch_without_cuda(monkeypatch):
         resolve_device("cuda")
 
 
-def test_cuda_build_without_driver(monkeypatch):
+@pytest.mark.parametrize(
+    "driver, message",
+    [
+        (False, r"built for CUDA 13.0, and this machine has no NVIDIA GPU driver"),
+        (True, r"sees no usable GPU although an NVIDIA driver is loaded: check `nvidia-smi`"),
+    ],
+)
+def test_cuda_build_without_a_usable_gpu(monkeypatch, driver, message):
     _no_cuda(monkeypatch, "13.0")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     exists = os.path.exists
-    monkeypatch.setattr(os.path, "exists", lambda p: False if p == "/proc/driver/nvidia/version" else exists(p))
-    with pytest.raises(ValueError, match=r"built for CUDA 13.0, and this machine has no NVIDIA GPU driver"):
+    monkeypatch.setattr(os.path, "exists", lambda p: driver if p == "/proc/driver/nvidia/version" else exists(p))
+    with pytest.raises(ValueError, match=message):
         resolve_device("cuda")
 
 
@@ -88,15 +95,6 @@ def test_cuda_build_with_every_gpu_hidden(monkeypatch):
     with pytest.raises(
         ValueError, match=r"sees no GPU: CUDA_VISIBLE_DEVICES='' hides them all; or set training.device=cpu"
     ):
-        resolve_device("cuda")
-
-
-def test_cuda_build_with_driver_but_no_gpu(monkeypatch):
-    _no_cuda(monkeypatch, "13.0")
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    exists = os.path.exists
-    monkeypatch.setattr(os.path, "exists", lambda p: True if p == "/proc/driver/nvidia/version" else exists(p))
-    with pytest.raises(ValueError, match=r"sees no usable GPU although an NVIDIA driver is loaded: check `nvidia-smi`"):
         resolve_device("cuda")
 
 
