@@ -135,11 +135,11 @@ def call_reward_function(
                 tried = f" (called {retries + 1} times, reward.function_retries={retries})" if retries else ""
                 prompts_of = f" on the prompts of index {_indices(prompt_index)}" if prompt_index else ""
                 raise RewardFunctionError(
-                    f"{where} raised{prompts_of}{tried}: {type(e).__name__}: {_last_line(e)}"
+                    f"{where} raised{prompts_of}{tried}: {type(e).__name__}: {last_line(e)}"
                 ) from e
             wait = min(2.0**attempt, MAX_BACKOFF_S)
             print(
-                f"{where} raised {type(e).__name__}: {_last_line(e)}; calling it again in {wait:g} s "
+                f"{where} raised {type(e).__name__}: {last_line(e)}; calling it again in {wait:g} s "
                 f"({attempt + 1} of reward.function_retries={retries})",
                 file=sys.stderr,
                 flush=True,
@@ -179,6 +179,7 @@ def _indices(index: list[int]) -> str:
     return ", ".join(map(str, unique[:8])) + (f" ... ({len(unique)} in all)" if len(unique) > 8 else "")
 
 
-def _last_line(e: BaseException) -> str:
+def last_line(e: BaseException) -> str:
+    """An exception's message as a user reads it first: its last line."""
     lines = str(e).strip().splitlines()
     return lines[-1] if lines else "(no message)"

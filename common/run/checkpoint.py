@@ -90,9 +90,14 @@ def check_disk(cfg: DictConfig, run_dir: Path) -> str | None:
     return None
 
 
+def temp_folder(run_dir: Path, step: int) -> Path:
+    """Where the checkpoint of iteration ``step`` is written before it is renamed into place."""
+    return run_dir / "checkpoints" / f"iter_{step:06d}.tmp"
+
+
 def begin(run_dir: Path, step: int) -> Path:
-    """A fresh temporary folder for the checkpoint of iteration ``step``."""
-    tmp = run_dir / "checkpoints" / f"iter_{step:06d}.tmp"
+    """A fresh ``temp_folder`` for the checkpoint of iteration ``step``."""
+    tmp = temp_folder(run_dir, step)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     return tmp

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
 from common.cluster.worker_group import WorkerGroup
+from common.reward.functions import last_line
 
 WORKER_ERRORS = (RayActorError, RayTaskError)  # what a call on a worker group raises when a worker fails
 
@@ -99,7 +100,7 @@ def driver_failure(err: BaseException) -> str:
     if isinstance(err, (RewardFunctionError, CheckpointWriteError)):
         return str(err)
     where = _project_frame(err)
-    return f"the driver failed{where}: {type(err).__name__}: {_last_line(err)} (a bug or a bad input: see failure.txt)"
+    return f"the driver failed{where}: {type(err).__name__}: {last_line(err)} (a bug or a bad input: see failure.txt)"
 
 
 def _project_frame(err: BaseException) -> str:
@@ -113,11 +114,6 @@ def _project_frame(err: BaseException) -> str:
         if path.is_relative_to(root) and ".venv" not in path.parts:
             return f" in {frame.name} ({path.relative_to(root)} line {frame.lineno})"
     return ""
-
-
-def _last_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[-1] if lines else "(no message)"
 
 
 def os_error(err: BaseException) -> OSError | None:
@@ -141,4 +137,4 @@ def error_reason(err: BaseException) -> str:
         return f"[Errno {os_err.errno}] {os_err.strerror}"
     if isinstance(err, RayTaskError) and err.cause is not None:
         err = err.cause
-    return f"{type(err).__name__}: {_last_line(err)}"
+    return f"{type(err).__name__}: {last_line(err)}"

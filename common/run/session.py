@@ -235,7 +235,7 @@ class Session:
 
     def save(self, step: int) -> None:
         """Checkpoint the actor (weights, optimizer, schedule, RNG) and the data position, atomically."""
-        tmp = self.run_dir / "checkpoints" / f"iter_{step:06d}.tmp"
+        tmp = checkpoint.temp_folder(self.run_dir, step)
         try:
             checkpoint.begin(self.run_dir, step)
             self.handles.actor.save(str(tmp))
