@@ -204,3 +204,68 @@ def test_a_reward_head_with_a_bias_is_refused(tp1, tmp_path):
     torch.save(saved, file)
     with pytest.raises(ValueError, match=r"the reward head has a bias \(0.25\)"):
         MindSpeedReader(folder)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("tp,pp", [(1, 1), (2, 2)])
+def test_written_back_in_mindspeed_format_it_reads_back_bit_for_bit(tp1, tmp_path, kind, tp, pp):
+    """The way back (``write_mindspeed``, what ``mcore-to-mindspeed`` runs): the folder is laid out
+    and named as MindSpeed's saver lays it out, and every tensor reads back exactly."""
+    from common.weights.convert import CheckpointReader, write_checkpoint
+    from common.weights.mindspeed import MindSpeedReader, safe_load, write_mindspeed
+
+    folder, _, arch, reward, _ = tp1[kind]
+    own = tmp_path / "own"  # this project's format, as a run's final/ is
+    write_checkpoint(own, MindSpeedReader(folder), arch, reward=reward, tp=1, pp=1)
+    expected = CheckpointReader(own).full_state_dict()
+    out = tmp_path / "mg"
+    write_mindspeed(out, CheckpointReader(own), arch, reward=reward, tp=tp, pp=pp)
+    assert (out / "latest_checkpointed_iteration.txt").read_text() == "1"
+    ranks = sorted(p.name for p in (out / "iter_0000001").iterdir())
+    assert ranks == (
+        ["mp_rank_00"] if pp == 1 else ["mp_rank_00_000", "mp_rank_00_001", "mp_rank_01_000", "mp_rank_01_001"]
+    )
+    last = safe_load(out / "iter_0000001" / ranks[-1] / "model_optim_rng.pt")  # the restricted unpickler takes it
+    assert (last["iteration"], last["checkpoint_version"], last["args"].tensor_model_parallel_size) == (1, 3.0, tp)
+    layers = {int(k.split(".")[2]) for k in last["model"] if k.startswith("decoder.layers.")}
+    assert layers == set(range(arch.num_layers // pp))  # stage-local indices
+    if reward:
+        assert last["model"]["rm_head.weight"].shape == (1, arch.hidden_size // tp)
+        assert torch.equal(last["model"]["rm_head.bias"], torch.zeros(1))
+    else:
+        assert ("output_layer.weight" in last["model"]) == (not arch.tie_word_embeddings or pp > 1)
+    got = MindSpeedReader(out).full_state_dict()
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
+
+
+def test_mcore_to_mindspeed_command(tp1, tmp_path):
+    """``tools.convert_checkpoint mcore-to-mindspeed`` with a dtype, and its refusal to overwrite a
+    folder that is not its own output."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    from common.weights.mindspeed import MindSpeedReader
+
+    folder = tp1["untied"][0]
+    out = tmp_path / "mg"
+
+    def convert(*extra: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "tools.convert_checkpoint", "mcore-to-mindspeed", "--ckpt", str(folder),
+               "--out", str(out), "--tp", "2", "--pp", "1", *extra]  # fmt: skip
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+    proc = convert("--dtype", "bf16")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MindSpeed-LLM Megatron checkpoint, policy, tp=2 pp=1" in proc.stdout
+    back = MindSpeedReader(out)
+    assert back.tp == 2 and back.full("decoder.final_layernorm.weight").dtype == torch.bfloat16
+    source = MindSpeedReader(folder).full_state_dict()
+    assert all(torch.equal(back.full(k), v.to(torch.bfloat16)) for k, v in source.items())
+    assert convert().returncode == 0  # its own earlier output is replaced
+    (out / "notes.txt").write_text("mine")
+    proc = convert()
+    assert proc.returncode == 2 and "nothing there is deleted" in proc.stderr

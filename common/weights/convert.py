@@ -94,20 +94,26 @@ _OWN_FILES = {
         "model.safetensors.index.json",
         *TOKENIZER_FILES,
     ),
+    "mindspeed": ("latest_checkpointed_iteration.txt", "iter_*"),  # common/weights/mindspeed.write_mindspeed
 }
 _KIND_NAMES = {
     "checkpoint": "a checkpoint of this project (meta.json + arch.json)",
     "hf-export": f"a Hugging Face folder written by mcore-to-hf ({EXPORT_MARKER})",
+    "mindspeed": "a MindSpeed-LLM Megatron checkpoint (latest_checkpointed_iteration.txt + iter_*)",
 }
 
 
 def output_kind(path: str | os.PathLike) -> str | None:
-    """``"checkpoint"`` or ``"hf-export"`` for a folder this module wrote, else None."""
+    """``"checkpoint"``, ``"hf-export"`` or ``"mindspeed"`` for a folder a converter wrote, else None."""
+    from common.weights.mindspeed import is_mindspeed_checkpoint
+
     path = Path(path)
     if is_own_checkpoint(path):
         return "checkpoint"
     if (path / EXPORT_MARKER).is_file():
         return "hf-export"
+    if is_mindspeed_checkpoint(path):
+        return "mindspeed"
     return None
 
 

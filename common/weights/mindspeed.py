@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 
 from common.config.arch import LlamaArch
-from common.model.weight_layout import full_source_name, merge_shards
+from common.model.weight_layout import check_layout, full_source_name, megatron_param_names, merge_shards, shard
+from common.util.atomic_files import atomic_dir
 from common.weights.full_tensors import FullTensors
 
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -222,3 +223,86 @@ class MindSpeedReader(FullTensors):
 def _global_name(name: str, offset: int) -> str:
     match = re.match(r"decoder\.layers\.(\d+)\.(.*)", name)
     return f"decoder.layers.{int(match.group(1)) + offset}.{match.group(2)}" if match else name
+
+
+# ----------------------------------------------------------------------------------------------
+# The way back: a trained model written as MindSpeed-LLM's converter writes one
+
+
+def mindspeed_args(arch: LlamaArch, *, reward: bool, tp: int, pp: int, dtype: torch.dtype) -> argparse.Namespace:
+    """The saved ``args`` of a checkpoint written here: the model keys of the original's model yaml
+    (``configs/rlxf/model/*.yaml``) and the layout, so ``arch_from_args`` and Megatron read it back.
+    The vocabulary is padded only to a multiple of TP (``make_vocab_size_divisible_by: 1``, as the
+    original's model files set it), so the shapes match its ``padded_vocab_size``."""
+    from megatron.core.enums import ModelType
+
+    return argparse.Namespace(
+        num_layers=arch.num_layers, hidden_size=arch.hidden_size, ffn_hidden_size=arch.ffn_hidden_size,
+        num_attention_heads=arch.num_attention_heads, group_query_attention=arch.num_query_groups != arch.num_attention_heads,
+        num_query_groups=arch.num_query_groups, kv_channels=arch.head_dim,
+        max_position_embeddings=arch.max_position_embeddings, vocab_size=arch.vocab_size,
+        make_vocab_size_divisible_by=1, padded_vocab_size=_padded(arch.vocab_size, tp),
+        position_embedding_type="rope", use_rotary_position_embeddings=True, rotary_base=arch.rope_theta,
+        rope_scaling_type="llama3" if arch.rope_scaling_factor is not None else None,
+        rope_scaling_factor=arch.rope_scaling_factor, low_freq_factor=arch.rope_low_freq_factor,
+        high_freq_factor=arch.rope_high_freq_factor,
+        original_max_position_embeddings=arch.rope_original_max_position_embeddings,
+        normalization="RMSNorm", norm_epsilon=arch.rms_norm_eps, swiglu=True, disable_bias_linear=True,
+        add_bias_linear=False, untie_embeddings_and_output_weights=not arch.tie_word_embeddings,
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, params_dtype=dtype,
+        use_mcore_models=True, transformer_impl="local", model_type=ModelType.encoder_or_decoder, orm=reward,
+        iteration=1,
+    )  # fmt: skip
+
+
+def _padded(vocab_size: int, tp: int) -> int:
+    return -(-vocab_size // tp) * tp
+
+
+def write_mindspeed(
+    out_dir,
+    full,
+    arch: LlamaArch,
+    *,
+    reward: bool,
+    tp: int,
+    pp: int,
+    dtype: torch.dtype | None = None,
+    progress=None,
+) -> None:
+    """Write ``full`` (full tensors by model-wide name: a reader of any checkpoint) as
+    ``convert_ckpt.py --save-model-type mg`` does: tracker ``1``, ``iter_0000001/mp_rank_XX[_YYY]/
+    model_optim_rng.pt`` holding ``args``, ``checkpoint_version`` 3.0, ``iteration`` 1, ``model`` (the
+    stage's tensors in Megatron-core's TP layout, stage-local layer indices, a tied output layer
+    copied to the last stage when PP > 1; a reward model's head as ``rm_head.weight`` [1, hidden/TP]
+    and a zero ``rm_head.bias``) and ``num_floating_point_operations_so_far`` 0. No optimizer or
+    RNG state, as that converter writes none. Atomic, like every writer here."""
+    from common.weights.convert import may_replace  # convert opens this module's readers lazily too
+
+    check_layout(arch, tp, pp)
+    per_stage, padded = arch.num_layers // pp, _padded(arch.vocab_size, tp)
+    with atomic_dir(out_dir, may_replace("mindspeed")) as tmp:
+        (tmp / TRACKER).write_text("1")
+        for p in range(pp):
+            stage: list[dict[str, torch.Tensor]] = [{} for _ in range(tp)]
+            for name in megatron_param_names(arch, reward=reward, pp=pp, pp_rank=p):
+                tensor = full[full_source_name(name, arch, reward)]
+                if dtype is not None:
+                    tensor = tensor.to(dtype)
+                for t in range(tp):
+                    if reward and name == HEAD:  # row-parallel in MindSpeed: columns split
+                        stage[t]["rm_head.weight"] = tensor.chunk(tp, dim=1)[t].clone()
+                        stage[t]["rm_head.bias"] = torch.zeros(1, dtype=tensor.dtype)
+                    else:
+                        local = _global_name(name, -p * per_stage)
+                        stage[t][local] = shard(name, tensor, padded, reward, rank=t, tp=tp).clone()
+                if progress:
+                    progress(1)
+            saved_dtype = dtype or next(iter(stage[0].values())).dtype
+            args = mindspeed_args(arch, reward=reward, tp=tp, pp=pp, dtype=saved_dtype)
+            for t in range(tp):
+                folder = tmp / "iter_0000001" / (f"mp_rank_{t:02d}" + (f"_{p:03d}" if pp > 1 else ""))
+                folder.mkdir(parents=True)
+                saved = {"args": args, "checkpoint_version": 3.0, "iteration": 1, "model": stage[t],
+                         "num_floating_point_operations_so_far": 0}  # fmt: skip
+                torch.save(saved, folder / "model_optim_rng.pt")
