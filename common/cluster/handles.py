@@ -6,6 +6,7 @@ declared with that method's function object and how a call is spread over the ro
 
 - ``sharded(W.f)``: ``f(items, ...)``: each data-parallel rank gets its contiguous slice of ``items``; the
   output ranks' results are concatenated in the order of ``items`` (``f`` returns one value per item);
+  ``f.submit(items, ...)`` starts the same call without waiting (``.result()`` waits: staleness 1);
 - ``per_dp(W.f)``: the same split; one result per data-parallel rank, in rank order;
 - ``to_all(W.f)``: every rank gets the same arguments (collectives: save, restore, ...); one result per rank.
 
@@ -22,11 +23,12 @@ driver does anyway) but not Megatron-core.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Concatenate, Generic, ParamSpec, TypeVar, overload
+from typing import Any, ClassVar, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
 
-from common.cluster.worker_group import WorkerGroup
+from common.cluster.worker_group import Pending, WorkerGroup
 from common.cluster.workers import ActorWorker, GeneratorWorker, ReferenceWorker, RewardWorker, RoleWorker
 from common.train.sequences import split
 
@@ -49,6 +51,13 @@ class _Dispatch(Generic[P, R]):
         return f"{type(self).__name__}({self.fn.__qualname__})"
 
 
+class ShardedCall(Protocol[P, R]):
+    """What ``handle.f`` is for a ``sharded`` method: call it, or ``submit`` it and wait later."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> PendingItems: ...
+
+
 class sharded(_Dispatch[P, R]):
     """``f(items, *args)`` on each data-parallel rank's slice of ``items`` (its first argument);
     the output ranks' results concatenated in the order of ``items``."""
@@ -56,7 +65,7 @@ class sharded(_Dispatch[P, R]):
     @overload
     def __get__(self, handle: None, owner: type) -> sharded[P, R]: ...
     @overload
-    def __get__(self, handle: RoleHandle, owner: type) -> Callable[P, R]: ...
+    def __get__(self, handle: RoleHandle, owner: type) -> ShardedCall[P, R]: ...
     def __get__(self, handle: RoleHandle | None, owner: type) -> Any:
         if handle is None:
             return self
@@ -64,7 +73,33 @@ class sharded(_Dispatch[P, R]):
         def call(items: list, *args: Any, **kwargs: Any) -> Any:  # R: the slices' lists, concatenated
             return handle.group.run_sharded(self.name, items, *args, **kwargs)
 
+        def submit(items: list, *args: Any, **kwargs: Any) -> PendingItems:
+            """The same call, not waited for: ``.result()`` gives what ``call`` returns."""
+            pending = handle.group.submit_per_dp(self.name, split(items, handle.dp_size), *args, **kwargs)
+            return PendingItems(pending.watch())
+
+        call.submit = submit  # type: ignore[attr-defined]
         return call
+
+
+class PendingItems:
+    """A ``sharded`` call running while the driver goes on (``generator.generate.submit(...)``)."""
+
+    def __init__(self, pending: Pending):
+        self.pending = pending
+
+    def done(self) -> bool:
+        return self.pending.done()
+
+    def result(self) -> list:
+        """The output ranks' results concatenated in the order of the items, as the call returns them."""
+        return [x for part in self.pending.result() for x in part]
+
+    @property
+    def seconds(self) -> float:
+        """From the call to the last rank's answer (after ``result``; the answers' callbacks run on
+        another thread and may come just after ``result`` returns: then it is now)."""
+        return (self.pending.finished or time.perf_counter()) - self.pending.started
 
 
 class per_dp(_Dispatch[P, R]):

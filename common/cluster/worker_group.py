@@ -15,6 +15,8 @@ calls to its part of those processes.
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import ray
@@ -142,13 +144,49 @@ class WorkerGroup:
 
     def run_per_dp(self, method: str, shards: list, *args: Any, **kwargs: Any) -> list[Any]:
         """Call ``method(shards[dp_rank], ...)`` on every rank; the output ranks' results in data-parallel order."""
+        return self.submit_per_dp(method, shards, *args, **kwargs).result()
+
+    def submit_per_dp(self, method: str, shards: list, *args: Any, **kwargs: Any) -> Pending:
+        """``run_per_dp`` without waiting: the call runs on the role's ranks while the driver goes on."""
         refs = [
             self._remote(w, method, shards[lay["dp_rank"]], *args, **kwargs)
             for w, lay in zip(self.workers, self.layouts)
         ]
-        results = get_or_fail_fast(refs, GROUPS, self)
-        by_dp = {lay["dp_rank"]: r for lay, r in zip(self.layouts, results) if lay["is_output"]}
-        return [by_dp[d] for d in range(self.dp_size)]
+        return Pending(self, refs)
+
+
+class Pending:
+    """A call running on a role's ranks (``WorkerGroup.submit_per_dp``); ``result`` waits for it as
+    every call is waited for (a lost worker of any role fails the wait in seconds)."""
+
+    def __init__(self, group: WorkerGroup, refs: list):
+        self.group, self.refs = group, refs
+        self.started, self.finished = time.perf_counter(), None  # finished: set by ``watch``
+
+    def watch(self) -> Pending:
+        """Record when the last rank answers (``finished``, ``time.perf_counter()``), without waiting."""
+        left, lock = [len(self.refs)], threading.Lock()
+
+        def answered(_future) -> None:
+            with lock:
+                left[0] -= 1
+                if left[0] == 0:
+                    self.finished = time.perf_counter()
+
+        for ref in self.refs:
+            ref.future().add_done_callback(answered)
+        return self
+
+    def done(self) -> bool:
+        """Whether every rank has answered (without waiting)."""
+        ready, _ = ray.wait(self.refs, num_returns=len(self.refs), timeout=0)
+        return len(ready) == len(self.refs)
+
+    def result(self) -> list[Any]:
+        """The output ranks' results in data-parallel order."""
+        results = get_or_fail_fast(self.refs, GROUPS, self.group)
+        by_dp = {lay["dp_rank"]: r for lay, r in zip(self.group.layouts, results) if lay["is_output"]}
+        return [by_dp[d] for d in range(self.group.dp_size)]
 
 
 class GuestGroup(WorkerGroup):

@@ -85,6 +85,9 @@ class ActorRolloutConfig:
     # 0 = the training ranks generate themselves (no copy of the weights at all)
     generate_devices: int = 0
     generate_tensor_model_parallel_size: int | None = None  # None: the actor's TP
+    # 1: the generating ranks sample iteration k+1's responses while the actor takes step k, so
+    # iteration k+1 trains on the policy after step k-1 (one step off-policy); needs generate_devices > 0
+    staleness: int = 0
     # role overrides of `training` (None = inherit)
     micro_batch_size: int | None = None
     tensor_model_parallel_size: int | None = None

@@ -73,6 +73,22 @@ def validate(cfg: DictConfig) -> None:
             f"actor_rollout_ref.actor_rollout.generate_devices={actor.generate_devices}: must be in "
             f"[0, resource_pool.actor_rollout={cfg.resource_pool.actor_rollout}); the rest of the pool trains"
         )
+    if actor.staleness not in (0, 1):
+        raise ValueError(
+            f"actor_rollout_ref.actor_rollout.staleness={actor.staleness}: use 0 (generate, then train) or 1 "
+            "(generate the next iteration's responses while this one trains)"
+        )
+    if actor.staleness and actor.generate_devices == 0:
+        raise ValueError(
+            "actor_rollout_ref.actor_rollout.staleness=1 needs dedicated generating ranks to overlap with training: "
+            "set actor_rollout_ref.actor_rollout.generate_devices=K (K of resource_pool.actor_rollout's devices), "
+            "or staleness=0"
+        )
+    if actor.staleness and actor.fixed_responses:
+        raise ValueError(
+            "actor_rollout_ref.actor_rollout.staleness=1 with fixed_responses: stored responses are not generated, "
+            "so there is nothing to overlap; set staleness=0"
+        )
     if actor.n_samples_per_prompt < 2:
         raise ValueError(
             f"actor_rollout_ref.actor_rollout.n_samples_per_prompt={actor.n_samples_per_prompt}: "

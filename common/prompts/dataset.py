@@ -208,6 +208,10 @@ class PromptStream:
             self.position += take
         return PromptBatch(indices, [self.raw[i] for i in indices], [self.prompt_ids[i] for i in indices])
 
+    def batch_at(self, indices: list[int]) -> PromptBatch:
+        """The batch of the prompts at ``indices`` (a batch drawn before a checkpoint, restored)."""
+        return PromptBatch(list(indices), [self.raw[i] for i in indices], [self.prompt_ids[i] for i in indices])
+
     def state_dict(self) -> dict:
         return {
             "epoch": self.epoch,

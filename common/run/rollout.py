@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from common.cluster.handles import ActorHandle, GeneratorHandle, ReferenceHandle, RewardHandle
+from common.cluster.handles import ActorHandle, GeneratorHandle, PendingItems, ReferenceHandle, RewardHandle
 from common.generate.sampling import sample_key
-from common.prompts.dataset import PromptBatch
+from common.prompts.dataset import PromptBatch, PromptStream
 from common.prompts.messages import prompt_text
 from common.reward.terms import Rewards
 from common.train.dpo import dpo_metrics, pair_items
@@ -30,9 +30,12 @@ class Rollout:
     has_eos_PN: torch.Tensor  # [P, N] bool: the response ended with a stop token
     raw_prompts: list  # [P] as given (str or messages): a reward model with its own template re-renders them
     indices: list[int]  # [P] each prompt's position in the prompt set (named when a reward function fails)
+    policy_step: int  # DPO steps the sampling weights had taken: step - 1, or step - 2 with staleness 1
 
     @classmethod
-    def of(cls, batch: PromptBatch, responses_PN: list[list[list[int]]], tok, eos_ids: list[int]) -> Rollout:
+    def of(
+        cls, batch: PromptBatch, responses_PN: list[list[list[int]]], tok, eos_ids: list[int], policy_step: int
+    ) -> Rollout:
         stops = set(eos_ids)
         return cls(
             prompts=[prompt_text(p) for p in batch.prompts],
@@ -41,6 +44,7 @@ class Rollout:
             has_eos_PN=torch.tensor([[has_eos(r, stops) for r in row] for row in responses_PN]),
             raw_prompts=list(batch.prompts),
             indices=list(batch.indices),
+            policy_step=policy_step,
         )
 
     def pairs(self, pairs: Pairs) -> tuple[list[Sequence], list[Sequence]]:
@@ -59,6 +63,7 @@ class Rollout:
                 "scores": scores_PN[i].tolist(),
                 "chosen": int(pairs.chosen_P[i]),
                 "rejected": int(pairs.rejected_P[i]),
+                "rollout/policy_step": self.policy_step,
             }
             for i in range(len(self.prompts))
         ]
@@ -69,6 +74,46 @@ def sampling_requests(batch: PromptBatch, n: int, seed: int, step: int) -> list[
     function of (seed, iteration, prompt position in the batch, sample index) only, so its
     response does not depend on the data-parallel split, and a resumed run samples the same."""
     return [(ids, [sample_key(seed, step, i, j) for j in range(n)]) for i, ids in enumerate(batch.ids)]
+
+
+@dataclass
+class InFlight:
+    """Iteration ``step``'s responses, sampled on the dedicated generating ranks while the iteration
+    before it trains (``actor_rollout.staleness=1``), by the policy after DPO step ``policy_step``.
+    A checkpoint holds them (``state_dict`` waits for them), so a resumed or restarted run trains on
+    exactly the responses the uninterrupted run did."""
+
+    step: int
+    batch: PromptBatch
+    policy_step: int
+    pending: PendingItems | None = None  # the generating ranks' call, until its responses are here
+    responses: list[list[list[int]]] | None = None
+    seconds: float = 0.0  # the call's duration on the generating ranks (0: sampled before a checkpoint)
+
+    @classmethod
+    def submit(
+        cls, generator: GeneratorHandle, batch: PromptBatch, step: int, policy_step: int, n: int, seed: int,
+        new_tokens: int, eos_ids: list[int],
+    ) -> InFlight:  # fmt: skip
+        requests = sampling_requests(batch, n, seed, step)  # keyed by the iteration it trains in
+        return cls(step, batch, policy_step, pending=generator.generate.submit(requests, new_tokens, eos_ids))
+
+    def result(self) -> list[list[list[int]]]:
+        if self.responses is None:
+            assert self.pending is not None
+            self.responses = self.pending.result()
+            self.seconds, self.pending = self.pending.seconds, None
+        return self.responses
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "indices": self.batch.indices, "policy_step": self.policy_step,
+                "responses": self.result()}  # fmt: skip
+
+    @classmethod
+    def restore(cls, state: dict | None, stream: PromptStream) -> InFlight | None:
+        if state is None:
+            return None
+        return cls(state["step"], stream.batch_at(state["indices"]), state["policy_step"], responses=state["responses"])
 
 
 def sync_weights(actor: ActorHandle, rollout: GeneratorHandle) -> None:
@@ -176,6 +221,6 @@ def metrics_row(
         {} if trained.loss_scale is None else {"loss_scale": trained.loss_scale, "skipped_steps": trained.skipped_steps}
     )
     return {
-        "step": step, **metrics, "objective/entropy_per_token": entropy_per_token,
+        "step": step, **metrics, "rollout/policy_step": rollout.policy_step, "objective/entropy_per_token": entropy_per_token,
         "grad_norm": trained.grad_norm, "learning_rate": trained.learning_rate, **fp16, **counts,
     }  # fmt: skip

@@ -71,6 +71,7 @@ from common.run.failures import WORKER_ERRORS, WorkerFailure, describe_failure, 
 from common.run.final import save_final
 from common.run.outputs import RunWriter, check_out, new_run_dir, plot_loss
 from common.run.preflight import check_files, check_weights
+from common.run.rollout import InFlight
 from common.run.stop_signals import StopSignals, process_signals
 from common.train.health import CollapseWatch, NonFiniteError
 from common.util.atomic_files import temp_path, write_text
@@ -101,6 +102,15 @@ class Session:
     _restart_at: int | None = None
     _warned: list[str] = field(default_factory=list)
     export_hf: str | None = None  # --export-hf DIR: a Hugging Face folder of the final actor
+    # staleness 1: the next iteration's responses, being sampled while this iteration trains
+    in_flight: InFlight | None = None
+
+    def take_in_flight(self) -> InFlight:
+        """The responses sampled for this iteration while the previous one trained."""
+        assert self.in_flight is not None
+        in_flight, self.in_flight = self.in_flight, None
+        in_flight.result()
+        return in_flight
 
     def steps(self) -> Iterator[int]:
         """Iteration numbers still to run (1-based), with a progress bar the loop annotates.
@@ -224,6 +234,7 @@ class Session:
         if ckpt:
             self.handles.actor.restore(str(ckpt))
         self.stream.load_state_dict(state["stream"])
+        self.in_flight = InFlight.restore(state.get("in_flight"), self.stream)  # the lost call is gone with its workers
         self._writer.rewind(state["step"])
         if self._collapse:
             self._collapse.streak = 0
@@ -234,17 +245,25 @@ class Session:
         return bool(interval) and step % interval == 0
 
     def save(self, step: int) -> None:
-        """Checkpoint the actor (weights, optimizer, schedule, RNG) and the data position, atomically."""
+        """Checkpoint the actor (weights, optimizer, schedule, RNG), the data position and the responses
+        in flight (waited for: with staleness 1 the next iteration's), atomically."""
         tmp = checkpoint.temp_folder(self.run_dir, step)
         try:
             checkpoint.begin(self.run_dir, step)
             self.handles.actor.save(str(tmp))
-            checkpoint.commit(tmp, {"step": step, "stream": self.stream.state_dict()})
+            state = self._driver_state(step)
+            checkpoint.commit(tmp, state)
         except BaseException as e:
             checkpoint.abandon(tmp)  # the previous checkpoint and `latest` stay as they were
             if isinstance(e, Exception) and not isinstance(e, RayActorError):  # a lost worker may restart
                 raise checkpoint.write_failed(tmp, error_reason(e), self.cfg) from e  # a full disk, a quota
             raise
+
+    def _driver_state(self, step: int) -> dict:
+        state = {"step": step, "stream": self.stream.state_dict()}
+        if self.in_flight is not None:
+            state["in_flight"] = self.in_flight.state_dict()
+        return state
 
     def log(self, row: dict, rollouts: Iterable[dict]) -> None:
         try:
@@ -382,10 +401,11 @@ def _open(recipe_dir: Path, args: Args, get_files: dict[str, str], stop: StopSig
         stream = PromptStream(
             prompt_ids, raw_prompts, t.global_batch_size, shuffle=not actor_cfg.no_shuffle, seed=t.seed
         )
-        first_step = 1
+        first_step, in_flight = 1, None
         if resume:
             stream.load_state_dict(resume.state["stream"])
             first_step = resume.state["step"] + 1
+            in_flight = InFlight.restore(resume.state.get("in_flight"), stream)
         n, new_tokens = actor_cfg.n_samples_per_prompt, max_new_tokens(cfg)
         fixed = (
             fixed_response_ids(actor_cfg.fixed_responses, tok, raw_prompts, n, new_tokens)
@@ -436,6 +456,7 @@ def _open(recipe_dir: Path, args: Args, get_files: dict[str, str], stop: StopSig
         recipe=recipe_dir.name, cfg=cfg, tok=tok, eos_ids=stop_token_ids(tok), stream=stream, new_tokens=new_tokens,
         fixed=fixed, rewards=rewards, roles=roles, handles=handles, run_dir=run_dir, first_step=first_step, stop=stop,
         _writer=writer, _expected=load_expected(recipe_dir, overlay), export_hf=args.export_hf,
-        _start={"step": first_step - 1, "stream": stream.state_dict()}, _restarts_left=t.max_restarts,
+        _start={"step": first_step - 1, "stream": stream.state_dict(), "in_flight": in_flight and in_flight.state_dict()},
+        _restarts_left=t.max_restarts, in_flight=in_flight,
         _collapse=CollapseWatch(roles["actor_rollout"].layouts[0]["vocab_size"]),
     )  # fmt: skip

@@ -19,6 +19,7 @@ from pathlib import Path
 from common.config.roles import data_parallel_size
 from common.run.outputs import PhaseTimer
 from common.run.rollout import (
+    InFlight,
     Rollout,
     metrics_row,
     reference_logps,
@@ -44,22 +45,36 @@ def main(argv: list[str] | None = None) -> int:
         with run.iteration(step):  # a lost worker or NaN/inf ends it: stop with a resume command, or restart
             timer = PhaseTimer()
             with timer("step"):
-                batch = run.stream.next_batch()
-
                 # 1. rollout: n responses per prompt, a [prompts, samples] grid from here to the pairs
-                if generator is not actor and run.fixed is None:
-                    with timer("sync"):  # dedicated generating ranks take the latest trained weights
+                if run.in_flight is not None:  # staleness 1: sampled while the previous iteration trained
+                    with timer("wait_generate"):  # the part of the sampling this iteration waits for
+                        sampled = run.take_in_flight()
+                    batch, responses, policy_step = sampled.batch, sampled.result(), sampled.policy_step
+                    timer.seconds["timing/generate"] = sampled.seconds  # on the generating ranks, overlapped
+                else:
+                    batch, policy_step = run.stream.next_batch(), step - 1
+                    if generator is not actor and run.fixed is None:
+                        with timer("sync"):  # dedicated generating ranks take the latest trained weights
+                            sync_weights(actor, generator)
+                    with timer("generate"):
+                        if run.fixed is None:
+                            responses = generator.generate(
+                                sampling_requests(batch, actor_cfg.n_samples_per_prompt, cfg.training.seed, step),
+                                run.new_tokens,
+                                run.eos_ids,
+                            )
+                        else:  # accuracy-comparison mode: stored responses instead of sampling
+                            responses = [run.fixed[i] for i in batch.indices]
+                if actor_cfg.staleness and step < cfg.training.train_iters:
+                    # staleness 1: the generating ranks take the weights after step - 1 and sample the
+                    # next iteration's responses while this one scores, runs the reference and trains
+                    with timer("sync"):
                         sync_weights(actor, generator)
-                with timer("generate"):
-                    if run.fixed is None:
-                        responses = generator.generate(
-                            sampling_requests(batch, actor_cfg.n_samples_per_prompt, cfg.training.seed, step),
-                            run.new_tokens,
-                            run.eos_ids,
-                        )
-                    else:  # accuracy-comparison mode: stored responses instead of sampling
-                        responses = [run.fixed[i] for i in batch.indices]
-                rollout = Rollout.of(batch, responses, run.tok, run.eos_ids)
+                    run.in_flight = InFlight.submit(
+                        generator, run.stream.next_batch(), step + 1, step - 1, actor_cfg.n_samples_per_prompt,
+                        cfg.training.seed, run.new_tokens, run.eos_ids,
+                    )  # fmt: skip
+                rollout = Rollout.of(batch, responses, run.tok, run.eos_ids, policy_step)
 
                 # 2. reward: one score per response, minus the missing-EOS penalty
                 with timer("reward"):
