@@ -12,6 +12,11 @@ reply, and tokenized exactly as ``common.prompts.tokenizer.render_prompt_ids`` w
 ``--max-prompt-length`` are dropped or cut from the left of the last user message
 (``--too-long``); the assistant header is never cut, and both counts go to the manifest.
 
+The original system's preprocessed prompts (MindSpeed-LLM's Megatron indexed dataset, given by its
+prefix: ``--input ./dataset/descriptiveness/descriptiveness``) are taken as they are: the stored ids
+become ``input_ids`` unchanged and the messages are decoded from them (``common/prompts/indexed.py``);
+each record must be what ``--template`` renders from its messages (``--template llama3`` for them).
+
 Output (see ``common/prompts/prepared.py``): ``prompts.arrow`` + ``manifest.json``, written to a temporary
 folder and renamed into place, so a failed run leaves nothing that looks complete. The same input
 and settings give byte-identical output for any ``--workers``.
@@ -33,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from common.prompts.indexed import first_difference, indexed_files, is_indexed_prefix, records_messages
 from common.prompts.messages import normalize_prompt
 from common.prompts.prepared import (
     FORMAT,
@@ -167,22 +173,46 @@ def _rows(chunk: Chunk, keys: KeyMap, seen: dict):
         yield row, item[keys.prompt], query, system
 
 
+def _indexed_rows(chunk: Chunk, encoder: PromptEncoder) -> tuple[list, list, list, list]:
+    """Records of the original's indexed dataset: the stored ids as they are, the messages decoded
+    from them (``common/prompts/indexed.py``). Every record must be what this run's template renders
+    from its messages, so the dataset is what its manifest says (and ``--too-long truncate_left``
+    re-renders like the rest)."""
+    ids, first = chunk.payload, chunk.first_row - 1
+    messages = records_messages(ids, encoder.tok, chunk.path, first)
+    where = [f"indexed dataset {chunk.path} document {first + i}" for i in range(len(ids))]
+    for i, again in enumerate(encoder.encode(messages)):
+        if again != ids[i]:
+            raise ValueError(
+                f"{where[i]}: the template {encoder.template_name!r} renders its decoded prompt to other ids than "
+                f"the stored ones ({first_difference(ids[i], again)}); the original wrote the Llama-3 format: "
+                "pass --template llama3, and --tokenizer the tokenizer the data was preprocessed with"
+            )
+    encoder.spot_check(messages, ids, where)
+    return messages, ids, where, list(range(chunk.first_row, chunk.first_row + len(ids)))
+
+
 def process_chunk(chunk: Chunk) -> tuple[pa.RecordBatch, dict]:
     """Check, render, tokenize and apply the length policy to one chunk -> output rows + counts."""
     encoder, settings = _STATE
     seen = {"query": False, "system": False}
-    messages, where, rows = [], [], []
-    for row, prompt, query, system in _rows(chunk, settings.keys, seen):
-        w = f"{chunk.path} row {row}"
-        m = row_messages(prompt, query, system, w)
-        special = encoder.special_token_in(m)
-        if special:
-            raise ValueError(f"{w}: the prompt contains the special token {special}; remove it from the prompt text")
-        messages.append(m)
-        where.append(w)
-        rows.append(row)
-    ids = encoder.encode(messages)
-    encoder.spot_check(messages, ids, where)
+    if chunk.kind == "indexed":
+        messages, ids, where, rows = _indexed_rows(chunk, encoder)
+    else:
+        messages, where, rows = [], [], []
+        for row, prompt, query, system in _rows(chunk, settings.keys, seen):
+            w = f"{chunk.path} row {row}"
+            m = row_messages(prompt, query, system, w)
+            special = encoder.special_token_in(m)
+            if special:
+                raise ValueError(
+                    f"{w}: the prompt contains the special token {special}; remove it from the prompt text"
+                )
+            messages.append(m)
+            where.append(w)
+            rows.append(row)
+        ids = encoder.encode(messages)
+        encoder.spot_check(messages, ids, where)
 
     stats = {
         "file_index": chunk.file_index,
@@ -259,6 +289,14 @@ def _sha256(path: str) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def _source(path: str) -> dict:
+    """The manifest's record of one input; an indexed dataset's is of its two input_ids files."""
+    if not is_indexed_prefix(path):
+        return {"path": path, "bytes": os.path.getsize(path), "sha256": _sha256(path), "rows": 0}
+    files = [{"path": f, "bytes": os.path.getsize(f), "sha256": _sha256(f)} for f in indexed_files(path)]
+    return {"path": path, "format": "megatron-indexed", "files": files, "rows": 0}
+
+
 def _inside(path: str, folder: str) -> bool:
     return os.path.commonpath([path, folder]) == folder
 
@@ -318,7 +356,7 @@ def prepare(
     files = resolve_inputs(inputs)
     check_output(output, inputs, files, overwrite)
     encoder = PromptEncoder(tok, settings.template, engine)
-    sources = [{"path": p, "bytes": os.path.getsize(p), "sha256": _sha256(p), "rows": 0} for p in files]
+    sources = [_source(p) for p in files]
 
     counts = {"rows": 0, "prompts": 0, "dropped_too_long": 0, "truncated": 0, "tokens": 0, "max_length": 0}
     examples = {"dropped_too_long": [], "truncated": []}
@@ -403,7 +441,12 @@ def prepare(
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", nargs="+", required=True, help=".parquet/.jsonl/.json files or folders of shards")
+    p.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        help=".parquet/.jsonl/.json files, folders of shards, or the prefix of MindSpeed-LLM preprocessed prompts",
+    )
     p.add_argument("--output", required=True, help="dataset folder to write (prompts.arrow + manifest.json)")
     p.add_argument("--tokenizer", required=True, help="Hugging Face fast-tokenizer directory")
     p.add_argument(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from common.prompts.indexed import indexed_prefix, is_indexed_prefix, open_indexed, read_records
 from common.util import jsonl
 
 SUFFIXES = (".parquet", ".jsonl", ".json")
@@ -63,15 +64,22 @@ class Chunk:
     file_index: int
     path: str
     first_row: int  # 1-based row number of the first payload entry in its file
-    kind: str  # "arrow" (a pyarrow RecordBatch), "lines" (list of bytes), "objects" (list of parsed JSON values)
+    # "arrow" (a pyarrow RecordBatch), "lines" (list of bytes), "objects" (list of parsed JSON values),
+    # "indexed" (token id lists of a Megatron indexed dataset: first_row is document index + 1)
+    kind: str
     payload: object
 
 
 def resolve_inputs(paths: list[str]) -> list[str]:
-    """Files as given, and for a folder its .parquet/.jsonl/.json files in name order (the shards)."""
+    """Files as given, and for a folder its .parquet/.jsonl/.json files in name order (the shards).
+    A Megatron indexed dataset (``common/prompts/indexed.py``) is one input, named by its prefix."""
     files = []
     for path in paths:
-        if os.path.isdir(path):
+        prefix = indexed_prefix(path)
+        if prefix is not None:  # the original system's preprocessed prompts, named by their prefix
+            open_indexed(prefix)  # the files' checks now, before the progress bar and any worker
+            files.append(prefix)
+        elif os.path.isdir(path):
             shards = sorted(
                 os.path.join(path, n)
                 for n in os.listdir(path)
@@ -103,6 +111,9 @@ def known_rows(path: str) -> int | None:
 
 def read_chunks(path: str, file_index: int, keys: KeyMap, chunk_rows: int):
     """Yield the chunks of one file."""
+    if is_indexed_prefix(path):
+        yield from _indexed_chunks(path, file_index, chunk_rows)
+        return
     if os.path.getsize(path) == 0:
         raise ValueError(f"{path}: the file is empty; give it at least one row")
     if path.endswith(".parquet"):
@@ -199,3 +210,11 @@ def _json_chunks(path, file_index, chunk_rows):
         yield Chunk(file_index, path, first_row, "lines", lines)
     if not any_rows:
         raise ValueError(f"{path}: it has zero rows (only blank lines); give at least one prompt")
+
+
+def _indexed_chunks(prefix, file_index, chunk_rows):
+    """The stored records, ``chunk_rows`` at a time, from megatron-core's memory-mapped reader; the
+    files' checks (``open_indexed``) run here, the tokenizer's (vocabulary, format) in the workers."""
+    ds, _ = open_indexed(prefix)
+    for start in range(0, len(ds), chunk_rows):
+        yield Chunk(file_index, prefix, start + 1, "indexed", read_records(ds, start, start + chunk_rows))

@@ -93,6 +93,37 @@ def mount_point(w: Path) -> None:
     (w / "ro").mkdir()
 
 
+def indexed_dataset(w: Path) -> None:
+    """The original system's preprocessed prompts (MindSpeed-LLM, PPOAlpacaStyleInstructionHandler):
+    ``dataset/descriptiveness_packed_input_ids_document.bin/.idx``, written by megatron-core's builder."""
+    import torch
+
+    from common.util.quiet import filter_library_warnings
+
+    filter_library_warnings()
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    prefix = w / "dataset" / "descriptiveness_packed_input_ids_document"
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    builder = IndexedDatasetBuilder(f"{prefix}.bin")  # int32, as the original writes it
+    # <|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHello<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n
+    builder.add_item(torch.tensor([128000, 128006, 882, 128007, 271, 9906, 128009, 128006, 78191, 128007, 271]))
+    builder.end_document()
+    builder.finalize(f"{prefix}.idx")
+
+
+def indexed_missing_idx(w: Path) -> None:
+    indexed_dataset(w)
+    (w / "dataset" / "descriptiveness_packed_input_ids_document.idx").unlink()
+
+
+def indexed_unknown_dtype(w: Path) -> None:
+    indexed_dataset(w)
+    with open(w / "dataset" / "descriptiveness_packed_input_ids_document.idx", "r+b") as f:
+        f.seek(17)  # 9-byte magic, 8-byte version, then the dtype code (4 = int32)
+        f.write(bytes([99]))
+
+
 def hf_model(s: Path) -> None:
     """Shared (read-only for every case): a 2-layer, 4-head Llama in Hugging Face format."""
     import torch
@@ -538,6 +569,23 @@ CASES = [
         lambda w: _write(w / "bad.yaml", "training:\n  train_iters: [1\n"),
     ),
     Case("override_no_equals", "clear", "an override without `=`", _r("training.train_iters"), "not key=value"),
+    # --- the original system's preprocessed prompts (issue 28), clear from the start -----------------
+    Case(
+        "indexed_missing_idx",
+        "clear",
+        "data.prepare on a MindSpeed indexed dataset prefix whose `.idx` is missing",
+        "python -m data.prepare --input {w}/dataset/descriptiveness --output {w}/o --tokenizer {tok}",
+        "descriptiveness_packed_input_ids_document.idx is missing",
+        indexed_missing_idx,
+    ),
+    Case(
+        "indexed_unknown_dtype",
+        "clear",
+        "data.prepare on a MindSpeed indexed dataset whose `.idx` has an unknown dtype code",
+        "python -m data.prepare --input {w}/dataset/descriptiveness --output {w}/o --tokenizer {tok}",
+        "version 1, dtype code 99",
+        indexed_unknown_dtype,
+    ),
 ]
 
 

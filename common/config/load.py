@@ -3,6 +3,7 @@ merged onto the schema (common/config/schema.py), roles resolved, paths made abs
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 
 import yaml
@@ -101,10 +102,11 @@ PATH_KEYS = (
 
 
 def resolve_path(path: str) -> str:
-    """Absolute path: as given if it exists from the current directory, else from the project root
-    (recipes name shipped files like ``data/prompts/...`` relative to the project)."""
+    """Absolute path: as given if it exists from the current directory (or is the prefix of files
+    there, as a Megatron indexed dataset's ``data_path`` is), else from the project root (recipes
+    name shipped files like ``data/prompts/...`` relative to the project)."""
     p = Path(path).expanduser()
-    if p.is_absolute() or p.exists():
+    if p.is_absolute() or p.exists() or (p.parent.is_dir() and any(p.parent.glob(glob.escape(p.name) + "_*"))):
         return str(p.resolve())
     return str((PROJECT_ROOT / p).resolve())
 

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from common.prompts.indexed import is_indexed_prefix, read_indexed
 from common.prompts.messages import normalize_prompt
 from common.prompts.prepared import read_prepared
 from common.prompts.tokenizer import render_prompt_ids
@@ -245,11 +246,19 @@ def load_prompt_dataset(path: str, tok, max_prompt_length: int) -> tuple[list[li
     """Prompts for training: ``(prompt ids, raw prompts for logging, number dropped as too long)``.
 
     ``path`` is a raw ``.parquet``/``.jsonl``/``.json`` file (read, checked, rendered with
-    ``render_prompt_ids`` and filtered here) or a folder written by ``python -m data.prepare``
-    (ids memory-mapped from its Arrow file; refused if it was tokenized by another tokenizer).
+    ``render_prompt_ids`` and filtered here), a folder written by ``python -m data.prepare``
+    (ids memory-mapped from its Arrow file; refused if it was tokenized by another tokenizer), or
+    the prefix of the original system's preprocessed prompts (MindSpeed-LLM's Megatron indexed
+    dataset, ``<prefix>_packed_input_ids_document.bin/.idx``: ``common/prompts/indexed.py``; its ids
+    are used as stored, the prompt text is decoded from them).
     Prompts longer than ``max_prompt_length`` are dropped; for a prepared folder the count
-    includes the rows its preparation dropped.
+    includes the rows its preparation dropped. (The original cut an indexed prompt to its first
+    ``max_prompt_length`` tokens, losing the assistant header; here it is dropped and counted.)
     """
+    if is_indexed_prefix(path):  # before the folder test: the prefix may share its name with a folder
+        ids, raw, _ = read_indexed(path, tok)
+        return filter_long_prompts(ids, raw, max_prompt_length)
+
     if os.path.isdir(path):
         ids, raw, manifest = read_prepared(path, tok)
         ids, raw, dropped = filter_long_prompts(ids, raw, max_prompt_length)

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from common.config.arch import layout_problem
 from common.config.load import PROJECT_ROOT, resolve_path
 from common.config.roles import role_load, role_section, roles_in_use
+from common.prompts.indexed import is_indexed_prefix
 
 LOAD_KEYS = {
     "actor_rollout": "actor_rollout_ref.actor_rollout.load",
@@ -73,6 +74,8 @@ def check_files(cfg: DictConfig, get_files: dict[str, str]) -> None:
         path = OmegaConf.select(cfg, key)
         if path is None or Path(path).exists():
             continue
+        if key == "actor_rollout_ref.actor_rollout.data_path" and is_indexed_prefix(path):
+            continue  # a Megatron indexed dataset is named by its files' prefix (common/prompts/indexed.py)
         how = known.get(path)
         hub = hub_id(path)
         if how is None and hub is not None and key in HUB_KEYS:
