@@ -15,6 +15,7 @@ import pytest
 from conftest import ROOT, run_recipe
 
 from common.config.load import load_config
+from common.run.expected_curve import compare, load_expected
 from common.run.outputs import read_jsonl
 
 TINY = ROOT / "recipes" / "tiny" / "config.yaml"
@@ -102,3 +103,22 @@ def test_killed_with_a_batch_in_flight_then_resumed_writes_the_same_rows(whole, 
     assert read_jsonl(broken / "rollouts.jsonl") == read_jsonl(whole / "rollouts.jsonl")
     rows = read_jsonl(broken / "metrics.jsonl")
     assert rows[4]["timing/generate"] == 0.0  # iteration 5's responses came from the checkpoint
+
+
+@pytest.mark.curve
+@pytest.mark.slow
+def test_the_recipe_one_step_off_policy_matches_its_stored_curve(tmp_path):
+    """``./run.sh tiny --overlay staleness1``, all 30 iterations, against the curve
+    ``tools.record_curve`` recorded (CI checks it natively and under the scalar kernels)."""
+    expected = load_expected(ROOT / "recipes" / "tiny", "staleness1")
+    assert expected is not None, "recipes/tiny/expected_loss.staleness1.json missing: run tools.record_curve"
+    proc = run_recipe("tiny", tmp_path / "run", "--overlay", "staleness1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [r["rollout/policy_step"] for r in rows] == [max(0, r["step"] - 2) for r in rows]
+    problems = compare(expected, [r["loss"] for r in rows])
+    assert not problems, "\n".join(problems)
+    # not the on-policy curve: from iteration 2 on, the responses come from a policy one step older
+    on_policy = load_expected(ROOT / "recipes" / "tiny")["loss"]
+    assert expected["loss"][0] == pytest.approx(on_policy[0], abs=1e-6)
+    assert compare({**expected, "loss": on_policy}, expected["loss"])
