@@ -6,7 +6,7 @@
 ``CASES`` is the one list: ``tests/test_bad_inputs.py`` checks every case against it (non-zero exit,
 the expected fragment, no traceback, nothing created or changed) and ``docs/bad_inputs.md`` is
 written from the same runs. Each case runs in a fresh work folder as its current directory.
-``./run.sh``, ``python -m data.prepare`` and ``python -m tools.convert_checkpoint`` cases run their
+``./run.sh``, ``python -m data.prepare``, ``tools.convert_checkpoint`` and ``tools.from_mindspeed`` cases run their
 entry points in this one process (torch is imported once, not once per case: about 2 s of CPU
 saved each); a case that would reach Ray's workers (the end of the driver's checks) stops there and
 counts as not refused; the private Ray instance that starts during the checks is not started in-process. Cases whose command
@@ -122,6 +122,24 @@ def indexed_unknown_dtype(w: Path) -> None:
     with open(w / "dataset" / "descriptiveness_packed_input_ids_document.idx", "r+b") as f:
         f.seek(17)  # 9-byte magic, 8-byte version, then the dtype code (4 = int32)
         f.write(bytes([99]))
+
+
+def mindspeed_config(w: Path, role_keys: str = "    model: tiny\n", model_file: bool = True) -> None:
+    """The original's Hydra layout (configs/rlxf/<trainer>.yaml + model/tiny.yaml), cut to the keys a case needs."""
+    if model_file:
+        _write(w / "configs" / "rlxf" / "model" / "tiny.yaml", "tiny:\n  num_layers: 2\n")
+    trainer = (
+        "defaults:\n  - model:\n    - tiny\ntraining:\n  stage: ray_online_dpo\nactor_rollout_ref:\n  actor_rollout:\n"
+    )
+    _write(w / "configs" / "rlxf" / "online_dpo_trainer_tiny.yaml", trainer + role_keys)
+
+
+def mindspeed_typo(w: Path) -> None:
+    mindspeed_config(w, "    model: tiny\n    micro_batch_sise: 4\n")
+
+
+def mindspeed_no_model_file(w: Path) -> None:
+    mindspeed_config(w, model_file=False)
 
 
 def hf_model(s: Path) -> None:
@@ -586,6 +604,31 @@ CASES = [
         "version 1, dtype code 99",
         indexed_unknown_dtype,
     ),
+    Case(
+        "indexed_run_missing_idx",
+        "clear",
+        "`data_path` = a MindSpeed indexed dataset prefix whose `.idx` is missing",
+        _r(f"{AR}.data_path={{w}}/dataset/descriptiveness"),
+        "descriptiveness_packed_input_ids_document.idx is missing",
+        indexed_missing_idx,
+    ),
+    # --- the original system's configs (issue 28: tools.from_mindspeed) ------------------------------
+    Case(
+        "mindspeed_config_typo",
+        "clear",
+        "a MindSpeed config with a key that none of its configs has (`micro_batch_sise`)",
+        "python -m tools.from_mindspeed {w}/configs/rlxf/online_dpo_trainer_tiny.yaml --out {w}/mine.yaml",
+        "micro_batch_sise: no such key in MindSpeed-LLM's rlxf configs (nearest: micro_batch_size",
+        mindspeed_typo,
+    ),
+    Case(
+        "mindspeed_config_no_model_file",
+        "clear",
+        "a MindSpeed config whose `defaults` model file is not beside it",
+        "python -m tools.from_mindspeed {w}/configs/rlxf/online_dpo_trainer_tiny.yaml --out {w}/mine.yaml",
+        "tiny.yaml",
+        mindspeed_no_model_file,
+    ),
 ]
 
 
@@ -628,6 +671,10 @@ def _in_process(words: list[str]) -> tuple[int, str]:
                 rc = main(words[3:])
             elif words[:3] == ["python", "-m", "tools.convert_checkpoint"]:
                 from tools.convert_checkpoint import main
+
+                rc = main(words[3:])
+            elif words[:3] == ["python", "-m", "tools.from_mindspeed"]:
+                from tools.from_mindspeed import main
 
                 rc = main(words[3:])
             else:
