@@ -54,6 +54,31 @@ def run_recipe(
     )
 
 
+def run_recipe_killed(recipe: str, out: Path, rows: int, *overrides: str) -> None:
+    """Start ``./run.sh <recipe> --out <out> <overrides>`` (its own private Ray instance) and SIGKILL
+    its whole process group once ``metrics.jsonl`` holds ``rows`` rows, as a crash or ``kill -9`` would."""
+    import signal
+    import time
+
+    from common.run.outputs import read_jsonl
+
+    job = subprocess.Popen(
+        [str(ROOT / "run.sh"), recipe, "--out", str(out), *overrides], cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            metrics = out / "metrics.jsonl"
+            if metrics.is_file() and len(read_jsonl(metrics)) >= rows:
+                break
+            assert job.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.2)
+        os.killpg(job.pid, signal.SIGKILL)
+    finally:
+        job.wait()
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """One full run of the shipped tiny recipe (no overrides), shared by the tests that read it."""

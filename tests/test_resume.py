@@ -4,14 +4,11 @@ U+0085 inside strings (valid JSON Lines; real web text has them), so the prompt 
 rollouts writer and the resume's reader all meet them."""
 
 import json
-import os
 import shutil
-import signal
 import subprocess
-import time
 
 import pytest
-from conftest import ROOT, run_recipe
+from conftest import ROOT, run_recipe, run_recipe_killed
 
 from common.run.outputs import read_jsonl
 
@@ -44,27 +41,8 @@ def test_sigkill_between_checkpoints_then_resume(tmp_path):
     assert sorted(p.name for p in (whole / "checkpoints").iterdir()) == ["iter_000004", "iter_000006", "latest"]
 
     broken = tmp_path / "broken"
-    env = {**os.environ}
-    job = subprocess.Popen(
-        [str(ROOT / "run.sh"), "tiny", "--out", str(broken), *settings],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 600
-        # wait until iteration 5 is logged: checkpoint 4 is complete, checkpoint 6 not yet written
-        while time.monotonic() < deadline:
-            metrics = broken / "metrics.jsonl"
-            if metrics.is_file() and len(read_jsonl(metrics)) >= 5:
-                break
-            assert job.poll() is None, "the run ended before it could be killed"
-            time.sleep(0.2)
-        os.killpg(job.pid, signal.SIGKILL)
-    finally:
-        job.wait()
+    # killed once iteration 5 is logged: checkpoint 4 is complete, checkpoint 6 not yet written
+    run_recipe_killed("tiny", broken, 5, *settings)
     assert (broken / "checkpoints" / "latest").read_text().strip() == "iter_000004"
     killed_rows = len(read_jsonl(broken / "metrics.jsonl"))
     assert killed_rows in (5, 6)  # at most one iteration past the checkpoint

@@ -5,14 +5,12 @@ of one that never stopped (the checkpoint holds the responses in flight)."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import time
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_recipe
+from conftest import ROOT, run_recipe, run_recipe_killed
 
 from common.config.load import load_config
 from common.run.expected_curve import compare, load_expected
@@ -76,21 +74,7 @@ def test_killed_with_a_batch_in_flight_then_resumed_writes_the_same_rows(whole, 
     iteration 5's); ``--resume`` gives the rows of the run that never stopped, bit for bit, which
     also shows that two runs of the same config agree exactly."""
     broken = tmp_path / "broken"
-    job = subprocess.Popen(
-        [str(ROOT / "run.sh"), "tiny", "--out", str(broken), *SETTINGS], cwd=ROOT,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            metrics = broken / "metrics.jsonl"
-            if metrics.is_file() and len(read_jsonl(metrics)) >= 5:
-                break
-            assert job.poll() is None, "the run ended before it could be killed"
-            time.sleep(0.2)
-        os.killpg(job.pid, signal.SIGKILL)
-    finally:
-        job.wait()
+    run_recipe_killed("tiny", broken, 5, *SETTINGS)
     assert (broken / "checkpoints" / "latest").read_text().strip() == "iter_000004"
     before = read_jsonl(broken / "metrics.jsonl")
     assert comparable(before) == comparable(read_jsonl(whole / "metrics.jsonl"))[: len(before)]
@@ -122,3 +106,22 @@ def test_the_recipe_one_step_off_policy_matches_its_stored_curve(tmp_path):
     on_policy = load_expected(ROOT / "recipes" / "tiny")["loss"]
     assert expected["loss"][0] == pytest.approx(on_policy[0], abs=1e-6)
     assert compare({**expected, "loss": on_policy}, expected["loss"])
+
+
+@pytest.mark.slow
+def test_the_timeline_shows_sampling_overlapping_training(whole, tmp_path):
+    """``timeline.jsonl``: iteration k+1's sampling (generating ranks) starts before iteration k's
+    training ends; ``tools.plot_timeline`` draws it."""
+    spans = read_jsonl(whole / "timeline.jsonl")
+    at = {(s["step"], s["lane"], s["phase"]): s for s in spans}
+    for step in range(2, 7):
+        sampling = at[(step, "generating ranks", "generate")]
+        training = at[(step - 1, "driver", "train")]
+        assert sampling["start"] < training["start"] + training["seconds"], (step, sampling, training)
+    assert (1, "driver", "generate") in at  # iteration 1 samples before it trains
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.plot_timeline", str(whole), "--steps", "2-6", "--out", str(tmp_path / "t.png")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "t.png").stat().st_size > 10_000

@@ -96,6 +96,10 @@ class PendingItems:
         return [x for part in self.pending.result() for x in part]
 
     @property
+    def started(self) -> float:
+        return self.pending.started
+
+    @property
     def seconds(self) -> float:
         """From the call to the last rank's answer (after ``result``; the answers' callbacks run on
         another thread and may come just after ``result`` returns: then it is now)."""

@@ -91,6 +91,13 @@ class RunWriter:
     def rollouts(self, rows: list[dict]) -> None:
         self._rollouts.write(rows)
 
+    def timeline(self, step: int, spans: list[dict]) -> None:
+        """``timeline.jsonl``: when each phase of the iteration ran (seconds since the driver started;
+        a resumed run's driver starts again from 0). For ``tools.plot_timeline``; never read back."""
+        appender = jsonl.Appender(self.dir / "timeline.jsonl")
+        appender.write([{"step": step, **span} for span in spans])
+        appender.close()
+
     def warning(self, step: int, text: str) -> None:
         """``warnings.jsonl``: what the driver warned about (e.g. a collapsed policy), one row each."""
         appender = jsonl.Appender(self.dir / "warnings.jsonl")
@@ -128,17 +135,32 @@ class RunWriter:
         self._tensorboard.close()
 
 
+CLOCK_ZERO = time.perf_counter()  # the driver's start: timeline.jsonl's times count from here
+
+
 class PhaseTimer:
-    """``with timer("generate"): ...`` records seconds as ``timing/generate`` in ``timer.seconds``."""
+    """``with timer("generate"): ...`` records seconds as ``timing/generate`` in ``timer.seconds``, and
+    the phase's span (lane, start, seconds) in ``timer.spans`` for ``timeline.jsonl``."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self.spans: list[dict] = []
 
     @contextmanager
     def __call__(self, name: str):
         start = time.perf_counter()
         yield
-        self.seconds[f"timing/{name}"] = time.perf_counter() - start
+        self.record(name, start, time.perf_counter() - start)
+
+    def record(self, name: str, start: float | None, seconds: float, lane: str = "driver") -> None:
+        """A phase timed elsewhere (``start``: ``time.perf_counter()``; None: not in this process,
+        no span), e.g. sampling on the generating ranks while the driver went on (``lane``)."""
+        self.seconds[f"timing/{name}"] = seconds
+        if start is None:
+            return
+        self.spans.append(
+            {"phase": name, "lane": lane, "start": round(start - CLOCK_ZERO, 4), "seconds": round(seconds, 4)}
+        )
 
 
 def plot_loss(run_dir: Path, expected: dict | None = None) -> Path:

@@ -89,6 +89,7 @@ class InFlight:
     pending: PendingItems | None = None  # the generating ranks' call, until its responses are here
     responses: list[list[list[int]]] | None = None
     seconds: float = 0.0  # the call's duration on the generating ranks (0: sampled before a checkpoint)
+    started: float | None = None  # time.perf_counter() at the call (None: sampled before a checkpoint)
 
     @classmethod
     def submit(
@@ -102,7 +103,7 @@ class InFlight:
         if self.responses is None:
             assert self.pending is not None
             self.responses = self.pending.result()
-            self.seconds, self.pending = self.pending.seconds, None
+            self.seconds, self.started, self.pending = self.pending.seconds, self.pending.started, None
         return self.responses
 
     def state_dict(self) -> dict:

@@ -265,10 +265,14 @@ class Session:
             state["in_flight"] = self.in_flight.state_dict()
         return state
 
-    def log(self, row: dict, rollouts: Iterable[dict]) -> None:
+    def log(self, row: dict, rollouts: Iterable[dict], spans: list[dict] | None = None) -> None:
+        """An iteration's ``metrics.jsonl`` row, its ``rollouts.jsonl`` rows and its phases' spans
+        (``timeline.jsonl``)."""
         try:
             self._writer.metrics(row)
             self._writer.rollouts(rollouts)
+            if spans:
+                self._writer.timeline(row["step"], spans)
         except Exception as e:  # a full disk, TensorBoard: the same ending as a failure in the iteration
             what = f"writing the rows of this iteration failed: {error_reason(e)}"
             self._fail(row["step"], what, details=traceback.format_exc())

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                     with timer("wait_generate"):  # the part of the sampling this iteration waits for
                         sampled = run.take_in_flight()
                     batch, responses, policy_step = sampled.batch, sampled.result(), sampled.policy_step
-                    timer.seconds["timing/generate"] = sampled.seconds  # on the generating ranks, overlapped
+                    timer.record("generate", sampled.started, sampled.seconds, lane="generating ranks")
                 else:
                     batch, policy_step = run.stream.next_batch(), step - 1
                     if generator is not actor and run.fixed is None:
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                 beta=alg.beta,
                 loss_type=alg.loss_type,
             )
-            run.log({**row, **timer.seconds}, rollout.rows(step, scores_PN, pairs))
+            run.log({**row, **timer.seconds}, rollout.rows(step, scores_PN, pairs), timer.spans)
     return run.finish()  # loss.png; exit status 0, or 143/130 after SIGTERM/SIGINT
 
 
