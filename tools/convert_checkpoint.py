@@ -134,7 +134,8 @@ def _run(args: argparse.Namespace) -> int:
         )
         with _progress(total, f"mcore-to-mindspeed tp={args.tp} pp={args.pp}") as bar:
             write_mindspeed(args.out, reader, reader.arch, reward=reader.reward, tp=args.tp, pp=args.pp,
-                            dtype=_dtype(args.dtype), progress=bar.update)  # fmt: skip
+                            dtype=_dtype(args.dtype), progress=bar.update,
+                            may_replace=convert.may_replace("mindspeed"))  # fmt: skip
         kind = "reward model" if reader.reward else "policy"
         print(f"wrote {args.out}: MindSpeed-LLM Megatron checkpoint, {kind}, tp={args.tp} pp={args.pp}")
     else:

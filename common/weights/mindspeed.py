@@ -269,6 +269,7 @@ def write_mindspeed(
     pp: int,
     dtype: torch.dtype | None = None,
     progress=None,
+    may_replace=None,
 ) -> None:
     """Write ``full`` (full tensors by model-wide name: a reader of any checkpoint) as
     ``convert_ckpt.py --save-model-type mg`` does: tracker ``1``, ``iter_0000001/mp_rank_XX[_YYY]/
@@ -276,12 +277,11 @@ def write_mindspeed(
     stage's tensors in Megatron-core's TP layout, stage-local layer indices, a tied output layer
     copied to the last stage when PP > 1; a reward model's head as ``rm_head.weight`` [1, hidden/TP]
     and a zero ``rm_head.bias``) and ``num_floating_point_operations_so_far`` 0. No optimizer or
-    RNG state, as that converter writes none. Atomic, like every writer here."""
-    from common.weights.convert import may_replace  # convert opens this module's readers lazily too
-
+    RNG state, as that converter writes none. Atomic, like every writer here; an existing ``out_dir``
+    is replaced only if ``may_replace`` (``common.weights.convert.may_replace("mindspeed")``) allows it."""
     check_layout(arch, tp, pp)
     per_stage, padded = arch.num_layers // pp, _padded(arch.vocab_size, tp)
-    with atomic_dir(out_dir, may_replace("mindspeed")) as tmp:
+    with atomic_dir(out_dir, may_replace) as tmp:
         (tmp / TRACKER).write_text("1")
         for p in range(pp):
             stage: list[dict[str, torch.Tensor]] = [{} for _ in range(tp)]
