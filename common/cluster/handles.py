@@ -88,9 +88,6 @@ class PendingItems:
     def __init__(self, pending: Pending):
         self.pending = pending
 
-    def done(self) -> bool:
-        return self.pending.done()
-
     def result(self) -> list:
         """The output ranks' results concatenated in the order of the items, as the call returns them."""
         return [x for part in self.pending.result() for x in part]

@@ -177,11 +177,6 @@ class Pending:
             ref.future().add_done_callback(answered)
         return self
 
-    def done(self) -> bool:
-        """Whether every rank has answered (without waiting)."""
-        ready, _ = ray.wait(self.refs, num_returns=len(self.refs), timeout=0)
-        return len(ready) == len(self.refs)
-
     def result(self) -> list[Any]:
         """The output ranks' results in data-parallel order."""
         results = get_or_fail_fast(self.refs, GROUPS, self.group)
