@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import subprocess
 import sys
@@ -354,8 +355,9 @@ def our_overrides(paths: dict[str, Path], s: Settings, loss_type: str, tp: int) 
     ]
 
 
-def run_ours(paths: dict[str, Path], s: Settings, loss_type: str, tp: int, out: Path) -> dict:
-    """``./run.sh tiny`` with the same model, data, responses and hyperparameters."""
+def run_ours(paths: dict[str, Path], s: Settings, loss_type: str, tp: int, out: Path, env: dict | None = None) -> dict:
+    """``./run.sh tiny`` with the same model, data, responses and hyperparameters (``env``: more
+    environment, e.g. the ``RAY_ADDRESS`` of a running cluster to join)."""
     start = time.perf_counter()
     proc = subprocess.run(
         [str(ROOT / "run.sh"), "tiny", "--out", str(out), *our_overrides(paths, s, loss_type, tp)],
@@ -363,6 +365,7 @@ def run_ours(paths: dict[str, Path], s: Settings, loss_type: str, tp: int, out: 
         capture_output=True,
         text=True,
         timeout=900,
+        env={**os.environ, **(env or {})},
     )
     if proc.returncode != 0:
         raise RuntimeError(f"./run.sh tiny failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")

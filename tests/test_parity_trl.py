@@ -8,6 +8,7 @@ reasons) is ``bench/parity_trl.py``; docs/parity.md shows the measured numbers.
 import math
 
 import pytest
+from conftest import shared_ray_address
 
 from bench.parity_trl import METRICS, TOLERANCES, Settings, compare, make_assets, run_ours, run_trl
 
@@ -39,7 +40,7 @@ def test_same_metrics_as_trl(assets, trl_runs, tmp_path, loss_type, tp):
     trl = trl_runs(loss_type)
     # TRL saw exactly our token ids: its prompt ids and the ids its reward model scored
     assert trl["checks"] == {"prompt_ids_equal": True, "reward_ids_equal": True}
-    ours = run_ours(assets, SETTINGS, loss_type, tp, tmp_path / "run")
+    ours = run_ours(assets, SETTINGS, loss_type, tp, tmp_path / "run", env={"RAY_ADDRESS": shared_ray_address()})
     result = compare(trl, ours)
     assert len(trl["steps"]) == len(ours["steps"]) == SETTINGS.steps >= 20
     assert result["same_pairs_every_step"]
@@ -63,7 +64,7 @@ def test_same_metrics_as_trl_when_the_policy_config_sets_pad_to_eot(tmp_path):
     # TP=1, where step 1's margins are exactly 0 on both sides (policy == reference): at TP=2 a margin
     # of ~1e-7 can take either sign and flip rewards/accuracies, compared with tolerance 0. The hook's
     # gradients are checked against HF directly in tests/test_hf_semantics.py.
-    ours = run_ours(paths, s, "sigmoid", 1, tmp_path / "run")
+    ours = run_ours(paths, s, "sigmoid", 1, tmp_path / "run", env={"RAY_ADDRESS": shared_ray_address()})
     result = compare(trl, ours)
     assert result["same_pairs_every_step"]
     over = {m: result["max_error"][m] for m in METRICS if not result["max_error"][m] <= TOLERANCES[m]}

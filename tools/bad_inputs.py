@@ -8,7 +8,7 @@ the expected fragment, no traceback, nothing created or changed) and ``docs/bad_
 written from the same runs. Each case runs in a fresh work folder as its current directory.
 ``./run.sh``, ``python -m data.prepare``, ``tools.convert_checkpoint`` and ``tools.from_mindspeed`` cases run their
 entry points in this one process (torch is imported once, not once per case: about 2 s of CPU
-saved each); a case that would reach Ray's workers (the end of the driver's checks) stops there and
+saved each), and each tokenizer folder is loaded once (``_tokenizer_loaded_once``: ~1.5 s a case); a case that would reach Ray's workers (the end of the driver's checks) stops there and
 counts as not refused; the private Ray instance that starts during the checks is not started in-process. Cases whose command
 is shell (``via="shell"``: run.sh's own checks, a read-only mount) run as real subprocesses.
 """
@@ -35,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "assets" / "llama3_tokenizer"
 AR = "actor_rollout_ref.actor_rollout"
+NO_CLUSTER = "127.0.0.1:9"  # the discard port: no Ray there
 
 
 # ------------------------------------------------------------------------------- set-ups (work folder w)
@@ -653,8 +654,35 @@ def _words(case: Case, w: Path, s: Path) -> list[str]:
     return shlex.split(case.command.format(w=w, s=s, tok=TOKENIZER, root=ROOT))
 
 
+_TOKENIZERS: dict[tuple[str, int], object] = {}
+
+
+def _tokenizer_loaded_once(path):
+    """``load_tokenizer``, each folder read once in this process (the cases' subject is the refusal,
+    not the tokenizer's ~1.5 s load); a folder that fails to load fails every time, as it would."""
+    file = Path(path) / "tokenizer.json"
+    key = (str(file.resolve()), file.stat().st_mtime_ns if file.is_file() else -1)
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = _REAL_LOAD_TOKENIZER(path)
+    return _TOKENIZERS[key]
+
+
+def _load_tokenizers_once() -> None:
+    """Give the entry points ``_tokenizer_loaded_once`` (data.prepare imports it inside ``main``)."""
+    global _REAL_LOAD_TOKENIZER
+    import common.prompts.tokenizer
+    import common.reward.tokenize
+    import common.run.session
+
+    if common.prompts.tokenizer.load_tokenizer is not _tokenizer_loaded_once:
+        _REAL_LOAD_TOKENIZER = common.prompts.tokenizer.load_tokenizer
+        for module in (common.prompts.tokenizer, common.run.session, common.reward.tokenize):
+            module.load_tokenizer = _tokenizer_loaded_once
+
+
 def _in_process(words: list[str]) -> tuple[int, str]:
     """Run an entry point as ``python`` would: (exit status, stdout + stderr)."""
+    _load_tokenizers_once()
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
         try:
@@ -738,7 +766,9 @@ def run_case(case: Case, w: Path, s: Path) -> dict:
             capture_output=True,
             text=True,
             timeout=300,
-            env={**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")},
+            # a cluster address where none listens: no private instance starts beside the checks (a
+            # refused run would wait ~5 s for it to start and stop); a case not refused fails to reach it
+            env={**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"), "RAY_ADDRESS": NO_CLUSTER},
         )
         rc, output = proc.returncode, proc.stdout + proc.stderr
     else:

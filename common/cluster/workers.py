@@ -15,7 +15,6 @@ set-up RankProcess drives (``RoleWorker``'s) is the only other public one.
 from __future__ import annotations
 
 import os
-import socket
 import warnings
 from pathlib import Path
 from typing import Any
@@ -60,12 +59,14 @@ class RoleWorker:
         self.dtype = self.device.compute_dtype(self.cfg.training.dtype)
 
     def master_address(self) -> tuple[str, int]:
+        """Rank 0: the world's rendezvous, listening from now on a port the system picked (held, so
+        no other process can take it before the world forms), and its address for the other ranks."""
         import ray
 
-        with socket.socket() as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
-        return ray.util.get_node_ip_address(), port
+        from common.model import parallel
+
+        self._store = parallel.rendezvous_store()
+        return ray.util.get_node_ip_address(), self._store.port
 
     def init_distributed(self, master_addr: str, master_port: int) -> dict[str, Any]:
         from common.model import parallel
@@ -76,6 +77,7 @@ class RoleWorker:
             world_size=self.world_size,
             master_addr=master_addr,
             master_port=master_port,
+            store=getattr(self, "_store", None),
             device=self.device,
             tensor_model_parallel_size=tp,
             pipeline_model_parallel_size=pp,

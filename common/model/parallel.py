@@ -13,6 +13,15 @@ from megatron.core import parallel_state, tensor_parallel
 
 from common.device.backend import Device
 
+RENDEZVOUS_TIMEOUT = timedelta(minutes=30)
+
+
+def rendezvous_store() -> torch.distributed.TCPStore:
+    """Rank 0's side of the world's rendezvous, listening at once on a free port the system picks
+    (``.port``). Picking a port by binding and closing a socket, then binding it again when the world
+    forms, leaves a gap in which another process can take it (seen: EADDRINUSE at a run's start)."""
+    return torch.distributed.TCPStore("0.0.0.0", 0, is_master=True, wait_for_workers=False, timeout=RENDEZVOUS_TIMEOUT)
+
 
 def init_model_parallel(
     *,
@@ -24,8 +33,11 @@ def init_model_parallel(
     tensor_model_parallel_size: int,
     pipeline_model_parallel_size: int,
     seed: int,
+    store: torch.distributed.Store | None = None,
 ) -> None:
-    """Join the world, create Megatron's TP/PP/DP groups and seed Megatron's RNG tracker."""
+    """Join the world, create Megatron's TP/PP/DP groups and seed Megatron's RNG tracker. Rank 0
+    may pass the ``rendezvous_store`` it opened; without one, rank 0 opens it at ``master_port`` and
+    the other ranks reach it at ``master_addr:master_port``."""
     model_parallel = tensor_model_parallel_size * pipeline_model_parallel_size
     if world_size % model_parallel != 0:
         raise ValueError(
@@ -35,12 +47,10 @@ def init_model_parallel(
         )
     if not 0 <= rank < world_size:
         raise ValueError(f"parallel layout: rank {rank} outside [0, {world_size})")
+    if store is None:
+        store = torch.distributed.TCPStore(master_addr, master_port, world_size, rank == 0, timeout=RENDEZVOUS_TIMEOUT)
     torch.distributed.init_process_group(
-        backend=device.backend,
-        init_method=f"tcp://{master_addr}:{master_port}",
-        rank=rank,
-        world_size=world_size,
-        timeout=timedelta(minutes=30),
+        backend=device.backend, store=store, rank=rank, world_size=world_size, timeout=RENDEZVOUS_TIMEOUT
     )
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=tensor_model_parallel_size,
