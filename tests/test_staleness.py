@@ -87,6 +87,9 @@ def test_killed_with_a_batch_in_flight_then_resumed_writes_the_same_rows(whole, 
     assert read_jsonl(broken / "rollouts.jsonl") == read_jsonl(whole / "rollouts.jsonl")
     rows = read_jsonl(broken / "metrics.jsonl")
     assert rows[4]["timing/generate"] == 0.0  # iteration 5's responses came from the checkpoint
+    # the timeline was cut back to the checkpoint as well: every iteration's span once (5 was logged twice)
+    spans = [s["step"] for s in read_jsonl(broken / "timeline.jsonl") if s["phase"] == "step"]
+    assert spans == list(range(1, len(rows) + 1))
 
 
 @pytest.mark.curve

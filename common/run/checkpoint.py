@@ -189,6 +189,7 @@ def rows_end(path: Path, last_step: int) -> int:
 
 
 LOGS = ("metrics.jsonl", "rollouts.jsonl")
+DIAGNOSTIC_LOGS = ("timeline.jsonl",)  # cut back the same way where there (run folders of older versions have none)
 
 
 @dataclass(frozen=True)
@@ -226,5 +227,6 @@ def resume_point(run_dir: str | None) -> ResumePoint | None:
         ckpt.glob("optim_rank*.pt")
     ):
         raise ValueError(f"checkpoint {ckpt}: no actor weights or optimizer state; the checkpoint is damaged")
-    log_ends = {name: rows_end(path / name, state["step"]) for name in LOGS}
+    logs = [*LOGS, *(name for name in DIAGNOSTIC_LOGS if (path / name).is_file())]
+    log_ends = {name: rows_end(path / name, state["step"]) for name in logs}
     return ResumePoint(path, ckpt, state, log_ends)

@@ -93,7 +93,8 @@ class RunWriter:
 
     def timeline(self, step: int, spans: list[dict]) -> None:
         """``timeline.jsonl``: when each phase of the iteration ran (seconds since the driver started;
-        a resumed run's driver starts again from 0). For ``tools.plot_timeline``; never read back."""
+        a resumed run's driver starts again from 0; ``--resume`` first drops the rows after its
+        checkpoint, as from the other logs). For ``tools.plot_timeline``; never read back by a run."""
         appender = jsonl.Appender(self.dir / "timeline.jsonl")
         appender.write([{"step": step, **span} for span in spans])
         appender.close()
