@@ -120,6 +120,12 @@ def test_colocated_ref_and_reward_compute_what_their_own_processes_do(tmp_path, 
     actor_pids = [r["pid"] for r in colocated["actor_rollout"]]
     assert len(set(actor_pids)) == ranks
     assert [r["pid"] for r in colocated["ref"]] == [r["pid"] for r in colocated["reward"]] == actor_pids
+    # each rank's start: its process's import and world (shared by the roles a process holds), its role's model
+    for run in roles.values():
+        assert all(set(r["startup_s"]) == {"import_s", "world_s", "build_s"} for rs in run.values() for r in rs)
+    process_part = [{k: r["startup_s"][k] for k in ("import_s", "world_s")} for r in colocated["actor_rollout"]]
+    assert [{k: r["startup_s"][k] for k in ("import_s", "world_s")} for r in colocated["ref"]] == process_part
+    assert [{k: r["startup_s"][k] for k in ("import_s", "world_s")} for r in colocated["reward"]] == process_part
 
     def numbers(out):
         return [

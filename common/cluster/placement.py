@@ -132,7 +132,8 @@ def placement_record(
 ) -> dict:
     """Planned vs actual node of every rank (``placement.json``), with the pid and title of the process
     that holds it (``layouts``: each rank's, from ``RankProcess.init_distributed``), so a rank can be
-    found in ``ps``/``top``; raises if Ray put a rank elsewhere. A colocated role's ranks say whose
+    found in ``ps``/``top``, and the seconds its start took (``startup_s``: importing torch, Megatron
+    and the workers, forming the world, building the role's model); raises if Ray put a rank elsewhere. A colocated role's ranks say whose
     process holds them (``"process_of": "actor_rollout"``; the same pids as the actor's)."""
     index = {n.node_id: i for i, n in enumerate(nodes)}
     record = {"nodes": [{"index": i, "node_id": n.node_id, "ip": n.ip} for i, n in enumerate(nodes)], "roles": {}}
@@ -146,6 +147,7 @@ def placement_record(
                 "node": index.get(a, -1),
                 "pid": lay.get("pid"),
                 "process_title": lay.get("process_title"),
+                "startup_s": lay.get("startup"),
                 **host,
             }
             for r, (p, a, lay) in enumerate(zip(planned, got, layouts[role]))
@@ -154,3 +156,20 @@ def placement_record(
         if wrong:
             raise RuntimeError(f"placement: role {role} ranks {wrong} started on other nodes than planned")
     return record
+
+
+def startup_summary(layouts: dict[str, list[dict]], seconds: float) -> str:
+    """The driver's line once every role is ready: the time since it started, and the range over the
+    roles' ranks of each part of their start (``startup_s`` of ``placement.json``)."""
+    ranks = [lay["startup"] for role in layouts.values() for lay in role if lay.get("startup")]
+    if not ranks:
+        return f"ready {seconds:.1f} s after start"
+
+    def span(key: str) -> str:
+        low, high = min(r[key] for r in ranks), max(r[key] for r in ranks)
+        return f"{high:.1f}" if round(low, 1) == round(high, 1) else f"{low:.1f}-{high:.1f}"
+
+    return (
+        f"ready {seconds:.1f} s after start; the roles' processes took {span('import_s')} s importing, "
+        f"{span('world_s')} s forming their worlds, {span('build_s')} s building models (placement.json)"
+    )

@@ -18,12 +18,14 @@ computed is the same. The subclasses only name the processes after their first r
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 
 class RankProcess:
     def __init__(self, roles: list[str], cfg: dict, rank: int, world_size: int, num_threads: int):
+        started = time.perf_counter()
         from common.util.quiet import filter_library_warnings
 
         filter_library_warnings()  # before Megatron's import: its import-time warnings say nothing here
@@ -32,6 +34,7 @@ class RankProcess:
         import_megatron()  # in this process only, now: while the driver's checks go on
         self.parts = {role: WORKER_CLASSES[role](role, cfg, rank, world_size, num_threads) for role in roles}
         self.host = self.parts[roles[0]]
+        self.startup = {"import_s": round(time.perf_counter() - started, 3)}  # torch, Megatron, the workers
         if "ref" in self.parts and self.host.role == "actor_rollout":  # built after the host: may copy its weights
             self.parts["ref"].actor = self.host
 
@@ -40,14 +43,23 @@ class RankProcess:
 
     def init_distributed(self, master_addr: str, master_port: int) -> dict[str, dict[str, Any]]:
         """The world forms once (the first role builds its model then), then the others build;
-        each role's layout (ranks, node) and this process's id and title (``placement.json``)."""
+        each role's layout (ranks, node), this process's id and title, and how long its start took
+        (``placement.json``: seconds importing, forming the world, building each role's model)."""
+        start = time.perf_counter()
         layouts = {self.host.role: self.host.init_distributed(master_addr, master_port)}
+        self.startup["world_s"] = round(self.host.world_seconds, 3)
+        built = {self.host.role: time.perf_counter() - start - self.host.world_seconds}
         for role, part in self.parts.items():
             if part is not self.host:
+                start = time.perf_counter()
                 part.build()
+                built[role] = time.perf_counter() - start
                 layouts[role] = part.layout()
         here = {"pid": os.getpid(), "process_title": process_title()}
-        return {role: {**layout, **here} for role, layout in layouts.items()}
+        return {
+            role: {**layout, **here, "startup": {**self.startup, "build_s": round(built[role], 3)}}
+            for role, layout in layouts.items()
+        }
 
     def call(self, role: str, method: str, *args: Any, **kwargs: Any) -> Any:
         """``method`` of this process's worker of ``role``: what a role handle sends

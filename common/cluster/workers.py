@@ -15,6 +15,7 @@ set-up RankProcess drives (``RoleWorker``'s) is the only other public one.
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,7 @@ class RoleWorker:
         from common.model import parallel
 
         tp, pp = role_parallel_sizes(self.cfg, self.role)
+        start = time.perf_counter()
         parallel.init_model_parallel(
             rank=self.rank,
             world_size=self.world_size,
@@ -83,6 +85,7 @@ class RoleWorker:
             pipeline_model_parallel_size=pp,
             seed=self.cfg.training.seed,
         )
+        self.world_seconds = time.perf_counter() - start  # every rank joined, Megatron's groups made
         self.build()
         return self.layout()
 

@@ -40,6 +40,7 @@ import json
 import os
 import shutil
 import sys
+import time
 import traceback
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -54,7 +55,7 @@ from tqdm import tqdm
 
 from common.cluster.handles import RoleHandles
 from common.cluster.place_roles import form_roles, plan_roles, start_roles
-from common.cluster.placement import describe, placement_record
+from common.cluster.placement import describe, placement_record, startup_summary
 from common.cluster.ray_start import BackgroundRay, private_instance, start_ray, take_early
 from common.cluster.worker_group import WorkerGroup
 from common.config.load import load_config, overlay_file, recipe_files
@@ -69,7 +70,7 @@ from common.run.cli import Args, parse_args
 from common.run.expected_curve import load_expected
 from common.run.failures import WORKER_ERRORS, WorkerFailure, describe_failure, driver_failure, error_reason
 from common.run.final import save_final
-from common.run.outputs import RunWriter, check_out, new_run_dir, plot_loss
+from common.run.outputs import CLOCK_ZERO, RunWriter, check_out, new_run_dir, plot_loss
 from common.run.preflight import check_files, check_weights
 from common.run.rollout import InFlight
 from common.run.stop_signals import StopSignals, process_signals
@@ -448,9 +449,9 @@ def _open(recipe_dir: Path, args: Args, get_files: dict[str, str], stop: StopSig
     print("placement:\n" + describe(plan, nodes, colocated), flush=True)
     roles = form_roles(groups)
     handles = RoleHandles.of(roles)
-    writer.json(
-        "placement.json", placement_record(plan, {role: g.layouts for role, g in roles.items()}, nodes, colocated)
-    )
+    layouts = {role: g.layouts for role, g in roles.items()}
+    writer.json("placement.json", placement_record(plan, layouts, nodes, colocated))
+    print(startup_summary(layouts, time.perf_counter() - CLOCK_ZERO), flush=True)
     if resume:
         handles.actor.restore(str(resume.checkpoint))
         writer.resumed(resume.checkpoint, first_step)
