@@ -39,6 +39,10 @@ extra=$("$VENV/bin/pip" list --disable-pip-version-check --format=freeze 2>/dev/
 [ -z "$extra" ] || { echo "$VENV has packages the GPU machine lacks: $extra" >&2; exit 2; }
 
 ls "$WHEELS"/ray-*-pruned.tar.xz >/dev/null 2>&1 || WHEELS="$WHEELS" bench/device_bundle.sh
+# the commit that runs, vouched for here while the tree is clean (the reports are written into it below)
+if [ -z "${ODPO_GIT_COMMIT:-}" ] && [ -z "$(git status --porcelain 2>/dev/null)" ]; then
+  ODPO_GIT_COMMIT=$(git rev-parse HEAD) && export ODPO_GIT_COMMIT
+fi
 mkdir -p "$OUT"
 rm -f "$OUT"/environment.txt
 {
