@@ -45,7 +45,6 @@ import math
 import os
 import platform
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,6 +54,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from bench.commit import git_commit
 from common.config.arch import LlamaArch
 from common.config.load import load_config
 from common.config.roles import max_new_tokens, optimizer_steps_per_iter, role_section
@@ -164,23 +164,6 @@ class Phases:
 
 def param_bytes(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
-
-
-def git_commit() -> dict:
-    if os.environ.get("ODPO_GIT_COMMIT"):  # given by the caller: the device tool's copy of the tree
-        return {"commit": os.environ["ODPO_GIT_COMMIT"], "dirty": None}  # has a .git of another commit
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=True
-            ).stdout.strip()
-        )
-        return {"commit": commit, "dirty": dirty}
-    except (OSError, subprocess.CalledProcessError):  # a copy of the tree without .git (the GPU machine)
-        return {"commit": os.environ.get("ODPO_GIT_COMMIT"), "dirty": None}
 
 
 def free_port() -> int:

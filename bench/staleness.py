@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.commit import git_commit
 from common.run.outputs import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,9 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--iters must be >= 4 (iterations 1-2 are warm-up)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                capture_output=True, text=True).stdout.strip())  # fmt: skip
+    git = git_commit()
+    commit, dirty = git["commit"] or "unknown", git["dirty"]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, overrides in configs(args.recipe).items():

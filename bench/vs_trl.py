@@ -52,6 +52,7 @@ import time
 from pathlib import Path
 
 import bench.workload as w
+from bench.commit import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -516,19 +517,14 @@ def cpu_name() -> str:
     return f"{os.cpu_count()} cores"
 
 
-def git_commit() -> str:
-    """The commit that ran: ODPO_GIT_COMMIT when set (the device tool's copy of the tree carries
-    another commit's .git), else git's HEAD and whether tracked files had uncommitted changes."""
-    if os.environ.get("ODPO_GIT_COMMIT"):
-        return f"{os.environ['ODPO_GIT_COMMIT']} (ODPO_GIT_COMMIT; the tree's state is the caller's to vouch for)"
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                capture_output=True, text=True, check=True)  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
+def commit_line() -> str:
+    """The commit that ran, as the report says it (``bench.commit.git_commit``)."""
+    c = git_commit()
+    if c["commit"] is None:
         return "unknown (no git repository here and no ODPO_GIT_COMMIT)"
-    dirty = " + uncommitted changes (dirty tree)" if status.stdout.strip() else " (clean tree)"
-    return head.stdout.strip() + dirty
+    if c["dirty"] is None:
+        return f"{c['commit']} (ODPO_GIT_COMMIT; the tree's state is the caller's to vouch for)"
+    return c["commit"] + (" + uncommitted changes (dirty tree)" if c["dirty"] else " (clean tree)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -611,7 +607,7 @@ def collect(args, wl: w.Workload, out: Path, key: dict, prompts_file: Path, leng
             res = run_trl(out, prompts_file, args.iters, wl)
         else:
             res = run_ours(out, prompts_file, args.iters, lengths, args.overrides, wl)
-        res["key"], res["commit"] = key, git_commit()
+        res["key"], res["commit"] = key, commit_line()
         if side_peak is not None:
             res["peak_gflops"] = side_peak
         stored.write_text(json.dumps(res))
@@ -638,7 +634,7 @@ def device_meta(wl: w.Workload, peak_gflops: float | None, results: dict) -> dic
 
 def commit_text(results: dict) -> str:
     """The commit of both sides, or of each when they differ (a side reused from an earlier bench)."""
-    now = git_commit()
+    now = commit_line()
     trl, ours = (results[s].get("commit", now) for s in ("trl", "ours"))
     return trl if trl == ours else f"TRL's side {trl}, this project's {ours}"
 

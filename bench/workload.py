@@ -54,7 +54,7 @@ def read_prompts(path: Path) -> list:
             continue
         row = json.loads(line)
         text = row["turns"][0] if "turns" in row else row.get("prompt", row.get("question"))
-        if not (isinstance(text, str) or isinstance(text, list)) or not text:
+        if not isinstance(text, (str, list)) or not text:
             raise SystemExit(
                 f"error: {path}:{n}: no 'turns' list and no 'prompt' (string or messages) or 'question' string"
             )
